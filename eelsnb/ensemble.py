@@ -431,6 +431,7 @@ def make_trainer(epochs:int, # optimizer steps
                 )->L.Trainer:
     "A `lightning.Trainer` set up for full-batch replica training: no logger, checkpoints, summary or sanity checks."
     cb = [TQDMProgressBar(refresh_rate=max(1, int(epochs) // 100))] if progress_bar else []
+    cb += list(kwargs.pop("callbacks", None) or [])
     opts = dict(max_steps=int(epochs), max_epochs=1, accelerator=accelerator, devices=1, precision=precision,
                 logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                 limit_val_batches=0, enable_progress_bar=progress_bar, callbacks=cb, log_every_n_steps=1)
@@ -532,7 +533,9 @@ class ZLPEnsemble:
     def _check_fitted(self):
         if self.net is None: raise ValueError("this ZLPEnsemble is not trained yet; call fit, fit_spectra or fit_si (or load one).")
 
-    def fit(self, training_set)->"ZLPEnsemble":
+    def fit(self, training_set, # a `TrainingSet` (eelsnb.replicas)
+            callbacks:list|None=None, # extra Lightning callbacks, e.g. `eelsnb.monitor.TrainingMonitor()`
+           )->"ZLPEnsemble":
         "Train one network per replica of a `TrainingSet`, all at once; keep each replica's best-validation weights."
         ts = check_training_set(training_set)
         s = self.settings
@@ -543,7 +546,7 @@ class ZLPEnsemble:
             module = ZLPModule(ts.inputs.shape[0], ts.inputs.shape[2], tuple(s["hidden"]), s["activation"], s["lr"],
                                s["lr_min"], s["schedule"], s["max_epochs"], s["mono_weight"], s["sigma_floor"],
                                s["anneal"], s["patience"], s["seed"], s["init_gain"], s["log_every"])
-            trainer = make_trainer(s["max_epochs"], s["progress_bar"], s["accelerator"], s["precision"])
+            trainer = make_trainer(s["max_epochs"], s["progress_bar"], s["accelerator"], s["precision"], callbacks=callbacks)
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm)
             self.fit_seconds = time.perf_counter() - t0
@@ -572,6 +575,7 @@ class ZLPEnsemble:
                     dE1=None, # end of the training window (eV), scalar or per spectrum; None: find_dE1_dE2
                     dE2=None, # start of the pseudo-data (eV); None: find_dE1_dE2
                     conditions:dict|None=None, # extra named conditions: name -> scalar or (n_spec,)
+                    callbacks:list|None=None, # extra Lightning callbacks (see `fit`)
                     **kwargs, # more `training_set_from_spectra` options (sigma, systematics, valid_fraction, ...)
                    )->"ZLPEnsemble":
         "Draw replicas of spectra (`eelsnb.replicas.training_set_from_spectra`) and fit them."
@@ -584,7 +588,7 @@ class ZLPEnsemble:
             dE1, dE2 = w.dE1, w.dE2
         ts = training_set_from_spectra(c, e, dE1, dE2, n_replicas=self.settings["n_replicas"], conditions=conditions,
                                        seed=self.seed, **kwargs)
-        return self.fit(ts)
+        return self.fit(ts, callbacks=callbacks)
 
     def fit_si(self,
                si, # spectral image (ny, nx, n_E): array, hyperspy signal, or an object with .counts and .energy
@@ -593,6 +597,7 @@ class ZLPEnsemble:
                n_clusters:int=5, # thickness clusters when `clusters` is None
                dE1=None, dE2=None, # training window per cluster (eV); None: find_dE1_dE2 on the cluster means
                conditions:dict|None=None, # extra conditions: name -> scalar, (K,) or (ny, nx) map
+               callbacks:list|None=None, # extra Lightning callbacks (see `fit`)
                **kwargs, # more `training_set_from_clusters` options
               )->"ZLPEnsemble":
         "Cluster an SI by thickness, draw one pixel per cluster per replica (`training_set_from_clusters`), fit."
@@ -613,7 +618,7 @@ class ZLPEnsemble:
             dE1, dE2 = w.dE1, w.dE2
         ts = training_set_from_clusters(c, e, labels, dE1, dE2, n_replicas=self.settings["n_replicas"],
                                         conditions=conditions, seed=self.seed, **kwargs)
-        return self.fit(ts)
+        return self.fit(ts, callbacks=callbacks)
 
     # ---- prediction ----
     @property
