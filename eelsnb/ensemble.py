@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'REQUIRED_TS_FIELDS', 'SCHEDULES', 'WEIGHTS_FILE', 'CARD_FILE', 'CARD_FORMAT', 'InputScaler',
            'OutputAffine', 'BatchedMLP', 'check_training_set', 'scaler_for', 'full_batch', 'replica_losses',
-           'ReplicaDataModule', 'ZLPModule', 'make_trainer', 'flag_outliers', 'ZLPEnsemble']
+           'shard_batch', 'ReplicaDataModule', 'ZLPModule', 'make_trainer', 'ReplicaCheckpoint', 'flag_outliers',
+           'ZLPEnsemble']
 
 # %% ../nbs/05_ensemble.ipynb #cbeef8bb
 class InputScaler:
@@ -254,6 +255,7 @@ def replica_losses(f, # (n_rep, n_all) model ln I on the batch points
                    batch:dict, # from `full_batch`
                    mono_weight:float, # weight of the monotonicity penalty
                    sigma_floor:float=0.0, # extra ln-space sigma added in quadrature (annealing); 0: plain chi^2
+                   world:int=1, # processes sharing the points (DDP): the data term is scaled so averaged gradients are the full batch's
                   )->tuple: # (loss, chi2_train, chi2_valid, mono), each (n_rep,)
     "Per-replica loss chi^2/N (train + pseudo) + mono_weight * mean(relu(f[i+1] - f[i])^2); reported chi^2/N detached."
     P, Q, G, M = batch["n_data"], batch["n_pseudo"], batch["n_groups"], batch["n_grid"]
@@ -265,7 +267,23 @@ def replica_losses(f, # (n_rep, n_all) model ln I on the batch points
     with torch.no_grad():
         r2d = r2[:, :P]
         chi_tr, chi_va = (r2d * batch["w_train"]).sum(1), (r2d * batch["w_valid"]).sum(1)
-    return fit + mono_weight * mono, chi_tr, chi_va, mono.detach()
+    return world * fit + mono_weight * mono, chi_tr, chi_va, mono.detach()
+
+def shard_batch(batch:dict, # from `full_batch`
+                rank:int, # this process's rank
+                world:int, # number of processes
+               )->dict:
+    "Process `rank`'s share of a full batch: every `world`-th data and pseudo point (weights keep the global 1/N); the monotonicity grids whole."
+    if world <= 1: return batch
+    P, Q = batch["n_data"], batch["n_pseudo"]
+    di, qi = torch.arange(rank, P, world), torch.arange(P + rank, P + Q, world)
+    cols = torch.cat([di, qi])
+    out = dict(batch)
+    out["x"] = batch["x"][:, torch.cat([cols, torch.arange(P + Q, batch["x"].shape[1])])]
+    for k in ("t", "w_fit", "m_fit", "s2"): out[k] = batch[k][:, cols]
+    for k in ("w_train", "w_valid"): out[k] = batch[k][:, di]
+    out.update(n_data=len(di), n_pseudo=len(qi), world=world)
+    return out
 
 class _Repeat(Dataset):
     "The same full batch, `n` times."
@@ -294,7 +312,10 @@ class ReplicaDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         self.setup()
-        return DataLoader(_Repeat(self.batch, self.epochs), batch_size=None, shuffle=False, num_workers=0)
+        t = getattr(self, "trainer", None)
+        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
+        batch = shard_batch(self.batch, rank, world) # under DDP each process trains on its share of the points
+        return DataLoader(_Repeat(batch, self.epochs), batch_size=None, shuffle=False, num_workers=0)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         if self._on_device[0] != device:
@@ -349,11 +370,29 @@ class ZLPModule(L.LightningModule):
         n = hp.anneal * hp.epochs
         return float(hp.sigma_floor) * max(0.0, 1.0 - step / n) ** 2 if n > 0 else 0.0
 
+    @property
+    def world(self)->int:
+        "Processes training together (DDP), 1 otherwise."
+        return self._trainer.world_size if getattr(self, "_trainer", None) is not None else 1
+
+    def _all_sum(self, x):
+        "Sum over the processes of a DDP run (the identity otherwise)."
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(x)
+        return x
+
     @torch.no_grad()
     def standardize(self, batch:dict):
-        "Set the network's output map from the mean and spread of each replica's training targets."
+        "Set the network's output map from the mean and spread of each replica's training targets (all processes' points)."
         w = (batch["w_train"] > 0).to(batch["t"].dtype)
         t = batch["t"][:, :batch["n_data"]]
+        if self.world > 1:
+            n, s1, s2 = self._all_sum(torch.stack([w.sum(1), (t * w).sum(1), (t * t * w).sum(1)])).to(torch.float64)
+            n = n.clamp_min(1); mean = s1 / n
+            sd = (s2 / n - mean.square()).clamp_min(1e-6).sqrt().clamp_min(1e-3)
+            self.net.set_output_scale(mean.cpu().numpy(), sd.cpu().numpy())
+            self.standardized.fill_(True)
+            return
         n = w.sum(1).clamp_min(1)
         mean = (t * w).sum(1) / n
         sd = ((t - mean[:, None]).square() * w).sum(1).div(n).sqrt().clamp_min(1e-3)
@@ -361,13 +400,17 @@ class ZLPModule(L.LightningModule):
         self.standardized.fill_(True)
 
     def on_train_start(self):
-        self._best, self._t0 = [p.detach().clone() for p in self.net.parameters()], time.perf_counter()
+        restored = getattr(self, "_restored_best", None) # resumed from a checkpoint: keep its best weights
+        self._best = restored if restored is not None else [p.detach().clone() for p in self.net.parameters()]
+        self._restored_best, self._t0 = None, time.perf_counter()
         self._is_standardized = bool(self.standardized) # one host sync here, none per step
 
     def training_step(self, batch, batch_idx):
         if not self._is_standardized: self.standardize(batch); self._is_standardized = True
         f = self.net(batch["x"])
-        loss, chi_tr, chi_va, mono = replica_losses(f, batch, self.hparams.mono_weight, self.floor_at(self.global_step))
+        loss, chi_tr, chi_va, mono = replica_losses(f, batch, self.hparams.mono_weight, self.floor_at(self.global_step), self.world)
+        if self.world > 1: # every process sees the same chi^2 (of all points), so look-back picks the same weights everywhere
+            chi_tr, chi_va = self._all_sum(torch.stack([chi_tr, chi_va]))
         with torch.no_grad(): # look-back: keep each replica's weights at its best validation chi^2
             better = (chi_va < self.best_chi2) & self.active
             self.best_chi2.copy_(torch.where(better, chi_va, self.best_chi2))
@@ -400,6 +443,15 @@ class ZLPModule(L.LightningModule):
             for bp, p in zip(self._best, self.net.parameters()):
                 p.copy_(torch.where(have.view(-1, *([1] * (p.dim() - 1))), bp, p))
 
+    # history and best weights travel with checkpoints (resume) and with the state dict (DDP spawn returns it)
+    def get_extra_state(self): return dict(history=list(self.history))
+    def set_extra_state(self, state): self.history = list((state or {}).get("history", []))
+    def on_save_checkpoint(self, checkpoint):
+        if self._best is not None: checkpoint["eelsnb_best"] = [b.detach().cpu() for b in self._best]
+    def on_load_checkpoint(self, checkpoint):
+        best, self._resumed_step = checkpoint.get("eelsnb_best"), int(checkpoint.get("global_step", 0))
+        self._restored_best = [b.to(p.device, p.dtype) for b, p in zip(best, self.net.parameters())] if best else None
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
@@ -427,16 +479,40 @@ def make_trainer(epochs:int, # optimizer steps
                  progress_bar:bool=True, # Lightning's progress bar
                  accelerator:str="auto", # 'auto' (CUDA when present), 'cpu', 'gpu'
                  precision="32-true", # '32-true' or '64-true'
+                 devices:int=1, # processes (CPU) or GPUs; > 1: DDP, each process training on a share of the points
                  **kwargs, # more `lightning.Trainer` arguments (logger, callbacks, strategy, ...)
                 )->L.Trainer:
     "A `lightning.Trainer` set up for full-batch replica training: no logger, checkpoints, summary or sanity checks."
     cb = [TQDMProgressBar(refresh_rate=max(1, int(epochs) // 100))] if progress_bar else []
     cb += list(kwargs.pop("callbacks", None) or [])
-    opts = dict(max_steps=int(epochs), max_epochs=1, accelerator=accelerator, devices=1, precision=precision,
+    devices = int(devices)
+    if devices < 1: raise ValueError(f"devices: need at least 1, got {devices!r}.")
+    if devices > 1 and "strategy" not in kwargs:
+        from lightning.pytorch.strategies import DDPStrategy
+        cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        from lightning.fabric.utilities.imports import _IS_INTERACTIVE # Jupyter cannot spawn: fork there
+        kwargs["strategy"] = DDPStrategy(process_group_backend="gloo" if cpu else None, start_method="fork" if _IS_INTERACTIVE else "spawn")
+        if cpu: accelerator = "cpu"
+    opts = dict(max_steps=int(epochs), max_epochs=1, accelerator=accelerator, devices=devices, precision=precision,
                 logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                limit_val_batches=0, enable_progress_bar=progress_bar, callbacks=cb, log_every_n_steps=1)
+                limit_val_batches=0, enable_progress_bar=progress_bar, callbacks=cb, log_every_n_steps=1,
+                use_distributed_sampler=False) # every process walks the whole step sequence on its own share
     opts.update(kwargs)
     return L.Trainer(**opts)
+
+class ReplicaCheckpoint(L.Callback):
+    "Save the whole training state (weights, best weights, optimizer, schedule, step) every `every` steps, atomically."
+    def __init__(self, directory, # where `last.ckpt` is kept
+                 every:int=100, # steps between checkpoints
+                ):
+        if int(every) < 1: raise ValueError(f"checkpoint_every: need at least 1 step, got {every!r}.")
+        self.path, self.every = Path(directory) / "last.ckpt", int(every)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every == 0 and step < trainer.max_steps:
+            tmp = self.path.with_name(f".last.ckpt.{os.getpid()}.partial")
+            trainer.save_checkpoint(tmp) # a collective under DDP; only rank 0 writes
+            if trainer.is_global_zero: os.replace(tmp, self.path)
 
 # %% ../nbs/05_ensemble.ipynb #5c99d8b9
 def flag_outliers(chi2, # (n_rep,) per-replica chi^2/N
@@ -484,6 +560,25 @@ def _as_conditions(conditions, names:list)->dict:
 
 WEIGHTS_FILE, CARD_FILE, CARD_FORMAT = "weights.safetensors", "model.json", "eelsnb.ensemble/1"
 
+_NOT_FINGERPRINTED = ("progress_bar", "checkpoint_dir", "checkpoint_every", "devices", "accelerator", "log_every")
+
+def _checkpoint_for(settings:dict, ts)->str|None:
+    "The checkpoint to resume from in `settings['checkpoint_dir']`, if it was made by this training; else None (and mark the dir)."
+    d = Path(settings["checkpoint_dir"]); d.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in _NOT_FINGERPRINTED}, sort_keys=True).encode())
+    for k in ("inputs", "target", "sigma", "train", "valid", "pseudo_inputs", "pseudo_target", "mono_inputs"):
+        h.update(np.ascontiguousarray(getattr(ts, k)).tobytes())
+    fp, meta, last = h.hexdigest()[:16], d / "checkpoint.json", d / "last.ckpt"
+    if last.exists():
+        try: old = json.loads(meta.read_text()).get("fingerprint")
+        except (OSError, ValueError): old = None
+        if old != fp:
+            raise ValueError(f"checkpoint_dir: {d} holds a checkpoint of another training (other data or settings); "
+                             "remove it or choose another checkpoint_dir.")
+        return str(last)
+    tmp = meta.with_suffix(".partial"); tmp.write_text(json.dumps(dict(fingerprint=fp))); os.replace(tmp, meta)
+    return None
+
 class ZLPEnsemble:
     "An ensemble of ZLP networks, one per Monte Carlo replica, trained together; predicts ZLP replicas in counts."
     def __init__(self,
@@ -508,6 +603,9 @@ class ZLPEnsemble:
                  accelerator:str="auto", # Lightning accelerator ('auto': CUDA when present, else CPU)
                  precision:str="32-true", # '32-true' or '64-true'
                  log_every:int=50, # steps between logged statistics
+                 devices:int=1, # > 1: DDP over this many processes (CPU, gloo) or GPUs; same result as one process
+                 checkpoint_dir=None, # keep a resumable checkpoint here while training (a killed fit resumes from it)
+                 checkpoint_every:int=100, # steps between checkpoints
                 ):
         _check_arch(n_replicas, 1, hidden, activation)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -519,7 +617,9 @@ class ZLPEnsemble:
                              seed=int(seed), init_gain=None if init_gain is None else float(init_gain),
                              out_range=[float(out_range[0]), float(out_range[1])], min_width=float(min_width),
                              n_mad=float(n_mad), min_ratio=float(min_ratio), progress_bar=bool(progress_bar),
-                             accelerator=accelerator, precision=precision, log_every=int(log_every))
+                             accelerator=accelerator, precision=precision, log_every=int(log_every),
+                             devices=int(devices), checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+                             checkpoint_every=int(checkpoint_every))
         ZLPModule(1, 1, hidden, activation, lr, lr_min, schedule, max_epochs, mono_weight, sigma_floor, anneal, patience) # validates
         self.net = None
 
@@ -546,10 +646,18 @@ class ZLPEnsemble:
             module = ZLPModule(ts.inputs.shape[0], ts.inputs.shape[2], tuple(s["hidden"]), s["activation"], s["lr"],
                                s["lr_min"], s["schedule"], s["max_epochs"], s["mono_weight"], s["sigma_floor"],
                                s["anneal"], s["patience"], s["seed"], s["init_gain"], s["log_every"])
-            trainer = make_trainer(s["max_epochs"], s["progress_bar"], s["accelerator"], s["precision"], callbacks=callbacks)
+            cbs, ckpt = list(callbacks or []), None
+            if s.get("checkpoint_dir"):
+                ckpt = _checkpoint_for(s, ts)
+                cbs.append(ReplicaCheckpoint(s["checkpoint_dir"], s["checkpoint_every"]))
+            trainer = make_trainer(s["max_epochs"], s["progress_bar"], s["accelerator"], s["precision"],
+                                   devices=s.get("devices", 1), callbacks=cbs)
             t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm)
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
             self.fit_seconds = time.perf_counter() - t0
+            self.resumed_from = getattr(module, "_resumed_step", None) if ckpt is not None else None
+            if s.get("checkpoint_dir"): # finished: the checkpoint has done its job
+                for f in ("last.ckpt", "checkpoint.json"): (Path(s["checkpoint_dir"]) / f).unlink(missing_ok=True)
         self.module, self.trainer = module, trainer
         self.net = module.net.cpu().eval()
         self.scaler, self.input_names = dm.scaler, list(ts.input_names)
