@@ -89,7 +89,8 @@ def conditions_panel(ensemble, # trained ZLPEnsemble with operating conditions (
     names = sorted(tc.names, key=lambda n: (n != "beam_energy", tc.names.index(n)))
     if energy is None:
         lo, hi = ensemble.conditions_seen["energy_loss"]
-        energy = np.linspace(max(lo, -1.5), min(hi, 4.0), 300)
+        energy = np.linspace(max(float(lo), -1.5), min(float(hi), 4.0), 300)
+    energy = np.asarray(energy, dtype=np.float64)
     if start is None: start = nearest_training(ensemble, {c.name: c.from_feature((l + h) / 2) for c, l, h in zip(tc.conditions, tc.lo, tc.hi)})
     controls = {n: condition_slider(tc.conditions[tc.names.index(n)], tc.range(n), start[n], extend) for n in names}
     scan = names[0]; unit = tc.conditions[tc.names.index(scan)].unit
@@ -104,7 +105,7 @@ def conditions_panel(ensemble, # trained ZLPEnsemble with operating conditions (
     fig.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", marker=dict(size=11, color="#d62728"), name="chosen", showlegend=False), 1, 2)
     a, b = tc.range(scan)
     fig.add_vrect(x0=a, x1=b, fillcolor="rgba(44,160,44,0.15)", line_width=0, row=1, col=2)
-    fig.add_annotation(x=(a + b) / 2, y=1.0, yref="y2 domain", text="training", showarrow=False, font=dict(size=10, color="#2ca02c"))
+    fig.add_annotation(x=(a + b) / 2, y=1.0, xref="x2", yref="y2 domain", text="training", showarrow=False, font=dict(size=10, color="#2ca02c"))
     fig.update_xaxes(title_text="energy loss (eV)", row=1, col=1)
     fig.update_yaxes(title_text="ZLP / peak" if normalize == "peak" else "ZLP", type="log" if log_y else "linear", row=1, col=1)
     fig.update_xaxes(title_text=f"{scan} ({unit})" if unit else scan, row=1, col=2)
@@ -116,9 +117,10 @@ def conditions_panel(ensemble, # trained ZLPEnsemble with operating conditions (
         f = panel.figure
         out = bool(not v.diagnosis["inside_hull"])
         colour = "rgba(214,39,40,0.30)" if out else "rgba(31,119,180,0.25)"
-        f.data[0].y, f.data[1].y, f.data[2].y, f.data[3].y = v.high, v.low, v.median, v.reference
+        f64 = lambda a: np.asarray(a, dtype=np.float64)
+        for i, y in enumerate((v.high, v.low, v.median, v.reference)): f.data[i].y = f64(y)
         f.data[1].fillcolor = colour
-        f.data[4].x, f.data[4].y = v.scan_values, v.scan_width
+        f.data[4].x, f.data[4].y = f64(v.scan_values), f64(v.scan_width)
         f.data[5].x, f.data[5].y = [values[scan]], [v.diagnosis["relative_width"]]
         state = (f"EXTRAPOLATING: {v.diagnosis['range_factor']:.2f}x the training range" if out else "inside the training conditions")
         f.layout.title = dict(text=f"{state}; relative 68% width {v.diagnosis['relative_width']:.3f}", x=0.01,
