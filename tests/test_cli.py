@@ -1,0 +1,273 @@
+"""The `eelsnb` command: options and help, one-line errors, --out safety, and real runs through `main`
+(spectra on the bundled WS2 data, image on a small synthetic SI saved as .hspy, the demo's wiring)."""
+import json, subprocess, sys, types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eelsnb import cli
+from eelsnb.cli import build_parser, demo_files, main
+from eelsnb.io import data_dir, save, to_signal
+
+WS2 = data_dir() / "ws2" / "specimen4"
+ERANGE = ["--energy-range", "-4.054", "45.471"]
+SUMMARY = {"median", "low", "high"}
+SMALL = ["--replicas", "16", "--epochs", "400"]
+
+
+def run(capsys, argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_lines(err):
+    "stderr without the progress lines: what a user reads as the error."
+    return [l for l in err.splitlines() if not l.startswith("eelsnb [") and l.strip()]
+
+
+def assert_one_line_error(rc, err, *words):
+    lines = error_lines(err)
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith("eelsnb: error: "), err
+    assert "Traceback" not in err
+    for w in words: assert w in lines[0], (w, lines[0])
+
+
+def check_summary(s, name):
+    assert isinstance(s, dict) and SUMMARY <= set(s), (name, s)
+    m, lo, hi = (float(s[k]) for k in ("median", "low", "high"))
+    assert np.isfinite([m, lo, hi]).all(), (name, s)
+    assert lo <= m <= hi, (name, s)
+    return m, lo, hi
+
+
+def check_report(path, n_min=1):
+    h = Path(path).read_text()
+    assert h.startswith("<!DOCTYPE html>")
+    n_div = h.count('class="plotly-graph-div"')
+    assert n_div >= n_min, n_div
+    # plotly.js embedded exactly once (the bundle defines window.Plotly once)
+    assert h.count("plotly.js v") == 1 or h.count("Plotly=") >= 1
+    assert h.count('<script type="text/javascript">/**') <= 1
+    return h
+
+
+# ---------------------------------------------------------------- options and help
+
+@pytest.mark.parametrize("command, options", [
+    ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
+                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent"]),
+    ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
+               "--debug", "--max-memory"]),
+    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug"]),
+])
+def test_help_explains_every_option(capsys, command, options):
+    rc, out, _ = run(capsys, [command, "--help"])
+    assert rc == 0
+    for o in options: assert o in out, o
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices).choices[command]
+    for a in sub._actions:
+        if a.dest == "help": continue
+        assert a.help and ("default" in a.help or "required" in a.help or not a.option_strings), a.dest
+        for o in a.option_strings: assert o in out, o
+    assert "%%" not in out
+
+
+def test_version_and_console_script():
+    import eelsnb
+    exe = Path(sys.executable).with_name("eelsnb")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "eelsnb.cli"]
+    r = subprocess.run(cmd + ["--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"eelsnb {eelsnb.__version__}", r
+    r = subprocess.run(cmd + ["spectra", "--sample", "nope.dm4", "--out", "x", "--replicas", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--replicas" in r.stderr and "Traceback" not in r.stderr, r
+
+
+def test_demo_defaults_are_the_real_thing():
+    a = build_parser().parse_args(["demo"])
+    assert (a.replicas, a.epochs, a.seed, str(a.out)) == (100, 1000, 0, "eelsnb_demo")
+    vac, samp, rng = demo_files(4)
+    assert [p.name for p in vac] == ["vacuum_17.txt", "vacuum_22.txt", "vacuum_23.txt"]
+    assert [p.name for p in samp] == [f"sample_{i}.txt" for i in (14, 15, 16, 19, 20, 21)]
+    assert rng == (-4.054, 45.471) and all(p.is_file() for p in vac + samp)
+
+
+# ---------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("argv, words", [
+    (["spectra", "--sample", "x.txt", "--out", "o", "--epochs", "0"], ["--epochs"]),
+    (["spectra", "--sample", "x.txt", "--out", "o", "--energy-range", "1"], ["--energy-range"]),
+    (["spectra", "--out", "o"], ["--sample"]),
+    (["image", "si.hspy", "--out", "o", "--clusters", "two"], ["--clusters"]),
+])
+def test_usage_errors_exit_2(capsys, argv, words):
+    rc, _, err = run(capsys, argv)
+    assert rc == 2 and "Traceback" not in err
+    for w in words: assert w in err
+
+
+def test_bad_files_exit_2_with_one_line(capsys, tmp_path):
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, ["spectra", "--sample", tmp_path / "missing.dm4", "--out", out])
+    assert_one_line_error(rc, err, "missing.dm4", "no such file")
+    junk = tmp_path / "junk.dm4"; junk.write_bytes(b"\x00" * 100)
+    rc, _, err = run(capsys, ["spectra", "--sample", junk, "--out", out])
+    assert_one_line_error(rc, err, "junk.dm4")
+    bad_txt = tmp_path / "bad.txt"; bad_txt.write_text("1 2 three\n")
+    rc, _, err = run(capsys, ["spectra", "--sample", bad_txt, "--out", out, *ERANGE])
+    assert_one_line_error(rc, err, "bad.txt")
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", "--out", out, *ERANGE[:1], "5", "1"])
+    assert_one_line_error(rc, err, "--energy-range", "EMIN")
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", "--vacuum",
+                              data_dir() / "ws2" / "specimen3" / "vacuum_01.txt", "--out", out, *ERANGE])
+    assert_one_line_error(rc, err, "vacuum_01.txt", "differs")
+    rc, _, err = run(capsys, ["image", WS2 / "sample_14.txt", "--out", out])
+    assert_one_line_error(rc, err, "not spectral images")
+    assert not out.exists()
+
+
+def test_plain_text_needs_energy_range(capsys, tmp_path):
+    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt",
+                              "--out", tmp_path / "o"])
+    assert_one_line_error(rc, err, "sample_14.txt", "--energy-range", "eV")
+
+
+def test_existing_out_dir_is_refused(capsys, tmp_path):
+    out = tmp_path / "out"; out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out]
+    rc, _, err = run(capsys, argv)
+    assert_one_line_error(rc, err, str(out), "not empty", "--overwrite")
+    rc, _, err = run(capsys, argv + ["--overwrite"])   # not an eelsnb result: never replaced
+    assert_one_line_error(rc, err, "not eelsnb results")
+    f = tmp_path / "file"; f.write_text("x")
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", f])
+    assert_one_line_error(rc, err, "not a directory")
+    assert (out / "notes.txt").read_text() == "mine" and f.read_text() == "x"
+
+
+class _Fake:
+    "Stand-in results: what the pipelines return, minus the science (for the failure paths)."
+    def to_dict(self): return {"samples": [{"file": "s", "band_gap": {"median": 1.0, "low": 0.9, "high": 1.1}}]}
+    def figures(self): return {}
+    def save(self, d, overwrite=False):
+        Path(d).mkdir(); (Path(d) / "results.json").write_text(json.dumps(self.to_dict())); return [Path(d) / "results.json"]
+
+
+def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
+    fake = types.ModuleType("eelsnb.analysis"); fake.analyse_spectra = lambda *a, **k: _Fake()
+    monkeypatch.setitem(sys.modules, "eelsnb.analysis", fake)
+    out = tmp_path / "out"; out.mkdir(); (out / "results.json").write_text('{"old": true}')
+    def boom(*a, **k): raise RuntimeError("disk on fire")
+    monkeypatch.setattr(cli, "write_report", boom)
+    argv = ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out, "--overwrite"]
+    rc, _, err = run(capsys, argv)
+    assert rc == 1 and "internal error" in err and "--debug" in err and "Traceback" not in err
+    assert json.loads((out / "results.json").read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]     # no staging directory left behind
+    with pytest.raises(RuntimeError, match="disk on fire"): main([str(a) for a in argv + ["--debug"]])
+    assert json.loads((out / "results.json").read_text()) == {"old": True}
+
+
+# ---------------------------------------------------------------- real runs
+
+@pytest.fixture(scope="module")
+def spectra_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "spectra"
+    import io, contextlib
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        rc = main(["spectra", "--vacuum", str(WS2 / "vacuum_17.txt"), "--sample", str(WS2 / "sample_14.txt"),
+                   *ERANGE, *SMALL, "--seed", "1", "--out", str(out)])
+    return rc, out, o.getvalue(), e.getvalue()
+
+
+def test_spectra_run_writes_results(spectra_run):
+    rc, out, stdout, stderr = spectra_run
+    assert rc == 0, stderr[-3000:]
+    d = json.loads((out / "results.json").read_text())
+    assert isinstance(d["samples"], list) and len(d["samples"]) == 1
+    s = d["samples"][0]
+    assert {"file", "band_gap", "exponent", "t_over_lambda", "dE1", "dE2"} <= set(s), sorted(s)
+    assert s["file"] == "sample_14.txt"
+    for k in ("band_gap", "exponent", "t_over_lambda"): check_summary(s[k], k)
+    assert 0.3 < s["band_gap"]["median"] < 4.0 and 0 < s["t_over_lambda"]["median"] < 5
+    dE1, dE2 = float(np.ravel(s["dE1"])[0]), float(np.ravel(s["dE2"])[0])
+    assert 0 < dE1 < dE2 < 45
+    assert d["cli"]["replicas"] == 16 and d["cli"]["command"].startswith("eelsnb spectra")
+    assert (out / "model" / "model.json").is_file() and (out / "model" / "weights.safetensors").is_file()
+    assert list(out.glob("**/*.hspy")), sorted(p.name for p in out.rglob("*"))
+    h = check_report(out / "report.html")
+    assert "sample_14.txt" in h and "band gap" in h
+    assert "sample_14.txt: band gap" in stdout
+    assert "eelsnb [" in stderr and "analysing" in stderr                # progress lines
+
+
+def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
+    rc, out, _, _ = spectra_run
+    before = (out / "results.json").read_text()
+    argv = ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", *ERANGE,
+            "--replicas", "4", "--epochs", "300", "--out", out, "--quiet"]
+    rc, _, err = run(capsys, argv)
+    assert_one_line_error(rc, err, "not empty")
+    assert (out / "results.json").read_text() == before
+    rc, stdout, err = run(capsys, argv + ["--overwrite"])
+    assert rc == 0, err[-3000:]
+    assert stdout == "" and "eelsnb [" not in err                          # --quiet
+    assert json.loads((out / "results.json").read_text())["cli"]["replicas"] == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
+
+
+def test_hspy_input_ignores_energy_range(capsys, tmp_path):
+    "Self-describing files: --energy-range is ignored with a note; a stack gives one result per spectrum."
+    from eelsnb.io import load_ws2
+    w = load_ws2(4)
+    save(to_signal(w.sample_counts[:2], w.energy), tmp_path / "stack.hspy")
+    save(to_signal(w.vacuum_counts[0], w.energy), tmp_path / "vac.hspy")
+    rc, _, err = run(capsys, ["spectra", "--vacuum", tmp_path / "vac.hspy", "--sample", tmp_path / "stack.hspy",
+                              *ERANGE, "--replicas", "4", "--epochs", "300", "--out", tmp_path / "o"])
+    assert rc == 0, err[-3000:]
+    assert "note: --energy-range ignored for stack.hspy" in err
+    d = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [s["file"] for s in d["samples"]] == ["stack.hspy[0]", "stack.hspy[1]"]
+
+
+def test_image_run_on_synthetic_si(capsys, tmp_path):
+    from eelsnb.synthetic import synthetic_si
+    si = synthetic_si(shape=(8, 10), n_terraces=2, band_gaps=(1.5,), seed=3)
+    f = save(to_signal(si.counts, si.energy), tmp_path / "si.hspy")
+    out = tmp_path / "img"
+    rc, stdout, err = run(capsys, ["image", f, "--clusters", "3", "--replicas", "4", "--epochs", "300",
+                                   "--out", out])
+    assert rc == 0, err[-3000:]
+    d = json.loads((out / "results.json").read_text())
+    flat = dict(cli._summaries(d))
+    for k in ("band_gap", "exponent", "t_over_lambda"):
+        hits = [n for n in flat if n.split(".")[-1] == k or n.split(".")[0] == k]
+        assert hits, (k, sorted(flat))
+    written = {p.name for p in out.rglob("*.hspy")}
+    assert written, sorted(p.name for p in out.rglob("*"))
+    named = {Path(v).name for v in _strings(d) if str(v).endswith(".hspy") and Path(v).name != "si.hspy"}  # not the input
+    assert named and named <= written, (named, written)     # the map files results.json names exist
+    check_report(out / "report.html")
+    assert d["cli"]["clusters"] == 3
+
+
+def _strings(d):
+    if isinstance(d, dict):
+        for v in d.values(): yield from _strings(v)
+    elif isinstance(d, (list, tuple)):
+        for v in d: yield from _strings(v)
+    elif isinstance(d, str): yield d
+
+
+def test_demo_runs_spectra_on_the_bundled_data(capsys, tmp_path):
+    rc, stdout, err = run(capsys, ["demo", "--replicas", "4", "--epochs", "300", "--out", tmp_path / "demo"])
+    assert rc == 0, err[-3000:]
+    d = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [s["file"] for s in d["samples"]] == [f"sample_{i}.txt" for i in (14, 15, 16, 19, 20, 21)]
+    assert len(d["cli"]["vacuum"]) == 3
+    assert "report.html" in err
