@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Closure test of the whole method on synthetic truth, through the real replica ensemble (no emulated replicas).
+
+For each group (one seed): vacuum spectra and sample spectra from `eelsnb.synthetic.synthetic_spectra` with known band
+gap E_bg (drawn stratified in `gap_range`), onset exponent b (0.5 and 1.5) and thickness t/lambda (one sample per
+thickness), a thickness-broadened specimen ZLP (`zlp_broadening`), Poisson counts plus read noise and sub-channel drift.
+Then the method, step by step, as a user runs it:
+
+1. ZLP alignment (`eelsnb.preprocess.align_zlp`) of vacuum and samples;
+2. training window dE1/dE2 per sample (`find_dE1_dE2`, the vacuum mean as reference); the vacuum spectra are trained
+   up to the lowest sample dE1, their pseudo-data start at the median sample dE2;
+3. one `ZLPEnsemble` trained on vacuum + samples (`training_set_from_spectra` + `fit`), outlier replicas dropped;
+4. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), inelastic = counts - ZLP;
+5. `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...)` with its defaults;
+6. the median and 68% interval (16-84%) of E_bg and b over replicas, against the truth.
+
+A sample without any valid replica fit counts as a failure: not covered, and its error counts as infinite in the
+median |error| (`median_abs_error`); `median_abs_error_valid` is taken over the valid samples only.
+
+Prints one JSON line: n_spectra, median |error| of E_bg and b, coverage of the 68% intervals, failures, breakdown by
+exponent, band gap and thickness, ensemble figures and run times.
+
+Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
+       [--excitons none|ws2] [--dose 6e7] [--threads 2]
+"""
+from __future__ import annotations
+import argparse, json, os, platform, sys, time, warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+
+# Acquisition presets: the two real WS2 data sets of the project (axis, resolution, dose of one spectrum).
+PRESETS = {
+    "specimen4": dict(kind="specimen4", fwhm=0.45, total_counts=6e7),   # non-monochromated, 25 meV channels, ~6e7 counts
+    "specimen3": dict(kind="specimen3", fwhm=0.08, total_counts=1e8),   # monochromated, 5 meV channels, ~1e8 counts
+}
+EXCITONS = {"none": (), "ws2": ((2.0, 0.15, 0.6), (2.4, 0.2, 0.4))}
+THICKNESSES = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
+GAP_BINS = ((1.0, 1.5), (1.5, 2.0), (2.0, 2.5))
+
+
+def make_group(seed:int, # seed of this group: truth and noise
+               n_samples:int=6, # sample spectra (one per thickness of `thicknesses`, cycled)
+               n_vacuum:int=2, # vacuum spectra
+               preset:str="specimen4", # acquisition: energy axis, ZLP FWHM, dose (see PRESETS)
+               total_counts:float|None=None, # electrons per spectrum; None: the preset's
+               excitons:str="none", # 'none' (clean onset) or 'ws2' (WS2 A/B excitons at 2.0/2.4 eV)
+               zlp_broadening:float=0.3, # specimen ZLP: FWHM (1 + k t/lambda); the real WS2 samples need ~0.3
+               read_noise:float=2.0, # Gaussian read noise (counts rms)
+               thicknesses=THICKNESSES, # t/lambda values
+               gap_range=(1.0, 2.5), # band gaps drawn stratified in this range (eV)
+               exponents=(0.5, 1.5), # onset exponents, alternated (random order)
+              )->dict:
+    "Synthetic vacuum and sample spectra of one group, with the truth."
+    from eelsnb.synthetic import synthetic_spectra, default_energy
+    if preset not in PRESETS: raise ValueError(f"preset: one of {sorted(PRESETS)}, got {preset!r}.")
+    if excitons not in EXCITONS: raise ValueError(f"excitons: one of {sorted(EXCITONS)}, got {excitons!r}.")
+    p = PRESETS[preset]
+    rng = np.random.default_rng([seed, 7919])
+    edges = np.linspace(*gap_range, n_samples + 1)
+    gaps = rng.permutation(rng.uniform(edges[:-1], edges[1:]))           # stratified: the whole range in every group
+    b = rng.permutation(np.resize(np.asarray(exponents, float), n_samples))
+    t = rng.permutation(np.resize(np.asarray(thicknesses, float), n_samples))
+    kw = dict(energy=default_energy(p["kind"]), fwhm=p["fwhm"], total_counts=p["total_counts"] if total_counts is None else total_counts,
+              zlp_broadening=zlp_broadening, read_noise=read_noise, excitons=EXCITONS[excitons])
+    vac = synthetic_spectra(n_vacuum, t_over_lambda=0.0, seed=[seed, 1], **kw)
+    smp = synthetic_spectra(n_samples, band_gap=gaps, exponent=b, t_over_lambda=t, seed=[seed, 2], **kw)
+    return dict(energy=smp.energy, vacuum=vac.counts, samples=smp.counts, band_gap=gaps, exponent=b, t_over_lambda=t,
+                zlp_true=smp.zlp, inelastic_true=smp.inelastic, settings=dict(preset=preset, excitons=excitons, **{k: v for k, v in kw.items() if k not in ("energy", "excitons")}))
+
+
+def training_window(samples, energy, vacuum, **kw)->tuple:
+    """dE1, dE2 (n_samples,) from `find_dE1_dE2` with the vacuum as reference, and a bool mask of the samples that needed
+    the fallback: where the sample never departs from the reference before the ZLP sinks into the noise (a weak or
+    late onset, common at monochromated resolution), `find_dE1_dE2` raises for the whole set and asks for dE1; we then
+    take that sample's sink energy e_sink (the dE2 it finds from dE1 = FWHM) and use dE1 = e_sink - backoff x FWHM,
+    dE2 = e_sink, as a user following the message would."""
+    from eelsnb.preprocess import find_dE1_dE2
+    try:
+        w = find_dE1_dE2(samples, energy, reference_counts=vacuum, **kw)
+        return np.atleast_1d(w.dE1).astype(float), np.atleast_1d(w.dE2).astype(float), np.zeros(len(samples), bool)
+    except ValueError as err:
+        if "never depart" not in str(err): raise
+    d1, d2, fb = np.empty(len(samples)), np.empty(len(samples)), np.zeros(len(samples), bool)
+    for i, s in enumerate(samples):
+        try:
+            w = find_dE1_dE2(s, energy, reference_counts=vacuum, **kw)
+            d1[i], d2[i] = w.dE1, w.dE2
+        except ValueError as err:
+            if "never depart" not in str(err): raise
+            probe = find_dE1_dE2(s, energy, reference_counts=vacuum, dE1=float(energy[1] - energy[0]), **kw)
+            fw = probe.details["fwhm"]
+            probe = find_dE1_dE2(s, energy, reference_counts=vacuum, dE1=fw, **kw)
+            d2[i] = probe.dE2; d1[i] = max(probe.dE2 - kw.get("backoff", 1.0) * fw, fw); fb[i] = True
+    return d1, d2, fb
+
+
+def analyse_group(group:dict, # from `make_group`
+                  n_replicas:int=100, # replicas (= networks)
+                  max_epochs:int=1000, # full-batch training steps
+                  seed:int=0, # seed of the replicas, the networks and the window jitter
+                  read_noise:float=2.0, # read noise the replicas assume (counts rms)
+                  drop_outliers:bool=True, # drop the replicas the ensemble flags
+                  dE1_kw:dict|None=None, # options of `find_dE1_dE2`
+                  fit_kw:dict|None=None, # options of `fit_band_gap`
+                  ensemble_kw:dict|None=None, # options of `ZLPEnsemble`
+                  keep:bool=False, # also return the ZLP and inelastic replicas
+                 )->dict:
+    "The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries."
+    from eelsnb.preprocess import align_zlp, shift_spectra
+    from eelsnb.replicas import training_set_from_spectra
+    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.bandgap import fit_band_gap
+    t0 = time.perf_counter()
+    e = group["energy"]
+    vac, _ = align_zlp(group["vacuum"], e)
+    smp, shifts = align_zlp(group["samples"], e)
+    d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
+    nv = len(vac)
+    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+    ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
+                                   read_noise=read_noise)
+    ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
+    ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, **ekw).fit(ts)
+    t_train = ens.fit_seconds
+    chi2_valid = float(np.median(ens.chi2["valid"]))
+    n_out = int(np.sum(ens.outliers))
+    if drop_outliers and n_out: ens = ens.drop_outliers()
+    zlp = ens.predict_for(smp, e)                                   # (n_rep, n_samples, n_E)
+    inel = smp[None] - zlp
+    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **(fit_kw or {}))
+    sg, sb = fit.summary("band_gap"), fit.summary("exponent")
+    # diagnostics: the ZLP replicas against the true (aligned) ZLP at dE1 and at the gap, in units of their spread
+    zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
+    zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
+    n = np.arange(len(d1))
+    ix = lambda E: np.clip(np.searchsorted(e, E), 0, len(e) - 1)
+    pull = lambda i: (zmed[n, i] - zt[n, i]) / np.maximum(0.5 * (zhi - zlo)[n, i], 1e-12)
+    i1, ig = ix(d1), ix(group["band_gap"])
+    it = shift_spectra(group["inelastic_true"], shifts / (e[1] - e[0]))
+    ig3 = ix(group["band_gap"] + 0.3)
+    out = dict(band_gap=group["band_gap"], exponent=group["exponent"], t_over_lambda=group["t_over_lambda"],
+               gap_median=sg.median, gap_low=sg.low, gap_high=sg.high, n_valid=np.asarray(sg.n_valid), dE1_fallback=fallback,
+               b_median=sb.median, b_low=sb.low, b_high=sb.high, dE1=d1, dE2=d2,
+               zlp_pull_dE1=pull(i1), zlp_pull_gap=pull(ig), zlp_spread_gap=0.5 * (zhi - zlo)[n, ig] / zt[n, ig],
+               inelastic_over_zlp_spread_gap_plus_0p3=it[n, ig3] / np.maximum(0.5 * (zhi - zlo)[n, ig3], 1e-12),
+               n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
+               chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0)
+    if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
+    return out
+
+
+def run_closure(seeds=(1, 2, 3, 4), # one group per seed
+                n_samples:int=6, # samples per group
+                n_replicas:int=100, max_epochs:int=1000, # ensemble size and training steps
+                preset:str="specimen4", excitons:str="none", total_counts:float|None=None,
+                zlp_broadening:float=0.3, read_noise:float=2.0,
+                dE1_kw:dict|None=None, fit_kw:dict|None=None, ensemble_kw:dict|None=None,
+                progress:bool=False, # print one line per group to stderr
+               )->dict:
+    "Run the closure over the groups; per-sample records (concatenated) and the figures."
+    t0 = time.perf_counter()
+    recs = []
+    for s in seeds:
+        g = make_group(s, n_samples, preset=preset, total_counts=total_counts, excitons=excitons,
+                       zlp_broadening=zlp_broadening, read_noise=read_noise)
+        r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
+                          ensemble_kw=ensemble_kw)
+        recs.append(r)
+        if progress:
+            f = figures([r])
+            print(f"group seed {s}: {r['seconds']:.1f} s (training {r['train_s']:.1f} s), chi2/N valid {r['chi2_valid']:.3g}, "
+                  f"median |err| {f['band_gap']['median_abs_error']} eV, coverage {f['band_gap']['coverage']:.2f}, "
+                  f"{f['failures']['spectra_without_valid_fit']} without a valid fit",
+                  file=sys.stderr, flush=True)
+    keys = [k for k, v in recs[0].items() if isinstance(v, np.ndarray)]
+    rec = {k: np.concatenate([r[k] for r in recs]) for k in keys}
+    rec["group"] = np.concatenate([np.full(len(r["band_gap"]), s) for s, r in zip(seeds, recs)])
+    fig = figures(recs)
+    fig["settings"] = dict(seeds=list(seeds), n_samples=n_samples, n_replicas=n_replicas, max_epochs=max_epochs,
+                           preset=preset, excitons=excitons, total_counts=total_counts or PRESETS[preset]["total_counts"],
+                           fwhm=PRESETS[preset]["fwhm"], zlp_broadening=zlp_broadening, read_noise=read_noise,
+                           dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {})
+    fig["run_time_s"] = round(time.perf_counter() - t0, 1)
+    fig["train_s"] = round(float(sum(r["train_s"] for r in recs)), 1)
+    return dict(records=rec, figures=fig)
+
+
+def _stats(truth, med, lo, hi, valid)->dict:
+    "Median |error| (failures count as infinite), over valid fits only, bias, coverage (failures: not covered), width."
+    truth, med, lo, hi, valid = (np.asarray(v) for v in (truth, med, lo, hi, valid))
+    n = len(truth)
+    if n == 0: return dict(n=0)
+    err = np.where(valid, np.abs(med - truth), np.inf)
+    cov = valid & (lo <= truth) & (truth <= hi)
+    r = lambda v: None if not np.isfinite(v) else round(float(v), 4)
+    return dict(n=int(n), median_abs_error=r(np.median(err)),
+                median_abs_error_valid=r(np.median(err[valid])) if valid.any() else None,
+                bias=r(np.median((med - truth)[valid])) if valid.any() else None,
+                coverage=round(float(cov.mean()), 4),
+                median_width=r(np.median((hi - lo)[valid])) if valid.any() else None,
+                failed=int(np.sum(~valid)))
+
+
+def figures(recs)->dict:
+    "Closure figures from per-group records (a list of `analyse_group` outputs, or one concatenated record)."
+    recs = recs if isinstance(recs, (list, tuple)) else [recs]
+    cat = lambda k: np.concatenate([np.atleast_1d(r[k]) for r in recs])
+    g, b, t = cat("band_gap"), cat("exponent"), cat("t_over_lambda")
+    valid = cat("n_valid") > 0
+    gm, gl, gh, bm, bl, bh = (cat(k) for k in ("gap_median", "gap_low", "gap_high", "b_median", "b_low", "b_high"))
+    snr = cat("inelastic_over_zlp_spread_gap_plus_0p3") if "inelastic_over_zlp_spread_gap_plus_0p3" in recs[0] else None
+    def both(m):
+        out = dict(band_gap=_stats(g[m], gm[m], gl[m], gh[m], valid[m]), exponent=_stats(b[m], bm[m], bl[m], bh[m], valid[m]))
+        if snr is not None and m.any(): out["inelastic_over_zlp_spread_at_gap_plus_0p3"] = round(float(np.median(snr[m])), 2)
+        return out
+    allm = np.ones(len(g), bool)
+    f = dict(n_spectra=int(len(g)), n_groups=len(recs), **both(allm))
+    f["failures"] = dict(spectra_without_valid_fit=int(np.sum(~valid)),
+                         replica_fits_failed_fraction=round(float(cat("n_failed_replicas").sum() / cat("n_replicas").sum()), 4))
+    f["by_exponent"] = {f"{v:g}": both(b == v) for v in np.unique(b)}
+    f["by_gap"] = {f"{lo:g}-{hi:g}": both((g >= lo) & (g < hi if hi < GAP_BINS[-1][1] else g <= hi)) for lo, hi in GAP_BINS}
+    f["by_thickness"] = {f"{v:g}": both(t == v) for v in np.unique(t)}
+    f["ensemble"] = dict(chi2_valid_median=[round(float(r["chi2_valid"]), 3) for r in recs if "chi2_valid" in r],
+                         outliers_dropped=[int(r["outliers"]) for r in recs if "outliers" in r],
+                         dE1_minus_gap_median=round(float(np.median(cat("dE1") - g)), 4),
+                         dE1_above_gap=int(np.sum(cat("dE1") > g)), dE1_fallback=int(np.sum(cat("dE1_fallback"))))
+    if "zlp_pull_gap" in recs[0]:
+        q = lambda k: round(float(np.median(np.abs(cat(k)))), 3)
+        f["ensemble"].update(zlp_abs_pull_dE1_median=q("zlp_pull_dE1"), zlp_abs_pull_gap_median=q("zlp_pull_gap"),
+                             zlp_rel_spread_gap_median=q("zlp_spread_gap"),
+                             inelastic_over_zlp_spread_at_gap_plus_0p3_median=q("inelastic_over_zlp_spread_gap_plus_0p3"))
+    return f
+
+
+def main(argv=None)->dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4 groups x 6 samples, 50 replicas, 600 epochs (the test's size)")
+    ap.add_argument("--groups", type=int, default=8, help="groups (seeds 1..N); 6 samples each")
+    ap.add_argument("--samples", type=int, default=6, help="samples per group")
+    ap.add_argument("--replicas", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--preset", default="specimen4", choices=sorted(PRESETS))
+    ap.add_argument("--excitons", default="none", choices=sorted(EXCITONS))
+    ap.add_argument("--dose", type=float, default=None, help="electrons per spectrum (default: the preset's)")
+    ap.add_argument("--zlp-broadening", type=float, default=0.3)
+    ap.add_argument("--read-noise", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--first-seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
+    import torch
+    if a.threads: torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")
+    res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
+                      n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
+                      total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True)
+    fig = res["figures"]
+    fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+                          cpus=os.cpu_count())
+    print(json.dumps(fig))
+    return fig
+
+
+if __name__ == "__main__":
+    main()
