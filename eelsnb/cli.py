@@ -14,8 +14,8 @@ import eelsnb
 
 # %% auto #0
 __all__ = ['RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line', 'quiet_loaders', 'load_spectra',
-           'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html', 'write_report', 'run_spectra',
-           'run_image', 'demo_files', 'run_demo', 'main']
+           'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html', 'normal_modes', 'write_report',
+           'run_spectra', 'run_image', 'demo_files', 'run_demo', 'main']
 
 # %% ../nbs/13_cli.ipynb #221a8e8f
 def _whole(lo:int, what:str):
@@ -327,10 +327,23 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3}code{font-size:90%}.meta td:first-child{color:#555}h1{margin-bottom:.2em}"""
 
+def _umask()->int:
+    m = os.umask(0); os.umask(m)
+    return m
+
+def normal_modes(root, # a file or a directory tree written by eelsnb
+                )->None:
+    "Give files and directories the modes of ordinary ones (0644 / 0755 less the umask): `mkstemp`/`mkdtemp` make them private (0600 / 0700)."
+    root, um = Path(root), _umask()
+    for p in [root, *(root.rglob("*") if root.is_dir() else [])]:
+        if p.is_symlink(): continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~um)
+
 def _write_text_atomic(path:Path, text:str):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # an ordinary file, not mkstemp's private 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -392,6 +405,7 @@ def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
         results.save(stage)
         _add_cli_info(stage, info)
         write_report(results, stage / REPORT_FILE, title=title, settings=info)
+        normal_modes(stage)                  # results.json, report.html, maps: readable like any other output
     log(f"done: open {out / REPORT_FILE}")
     return out
 

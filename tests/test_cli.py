@@ -185,7 +185,7 @@ def spectra_run(tmp_path_factory):
     return rc, out, o.getvalue(), e.getvalue()
 
 
-def test_spectra_run_writes_results(spectra_run):
+def test_spectra_run_writes_results(spectra_run, tmp_path):
     rc, out, stdout, stderr = spectra_run
     assert rc == 0, stderr[-3000:]
     d = json.loads((out / "results.json").read_text())
@@ -203,6 +203,12 @@ def test_spectra_run_writes_results(spectra_run):
     h = check_report(out / "report.html")
     assert "sample_14.txt" in h and "band gap" in h
     assert "sample_14.txt: band gap" in stdout
+    # every file and directory written has the modes of ordinary ones (0644/0755 with umask 022), none is private
+    (tmp_path / "plain.txt").write_text("x"); (tmp_path / "plain").mkdir()
+    fmode, dmode = ((tmp_path / n).stat().st_mode & 0o777 for n in ("plain.txt", "plain"))
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    bad = {k: oct(v) for k, v in modes.items() if v != (dmode if (out / k).is_dir() else fmode)}
+    assert not bad, bad
     assert "eelsnb [" in stderr and "analysing" in stderr                # progress lines
 
 
