@@ -19,7 +19,7 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
 
 # %% auto #0
 __all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analyse_chunk', 'jsonable', 'ImageResults',
-           'analyse_image']
+           'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -295,6 +295,11 @@ ImageResults.save = _save
 ImageResults.load = classmethod(_load)
 
 # %% ../nbs/10_image.ipynb #abd014e8
+def torch_threads()->int:
+    "The intra-op threads torch uses (OMP_NUM_THREADS or the cores), the default number of chunk workers."
+    import torch
+    return max(1, int(torch.get_num_threads()))
+
 def _check_positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name}: need a positive integer, got {v!r}.")
@@ -310,6 +315,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                   chunk_pixels:int|None=None, # pixels per chunk; None: from max_memory
                   max_memory:float=2**30, # bytes for one chunk's replicas (ZLP, inelastic, fits)
                   progress:bool=True, # progress bars (training and chunks)
+                  workers:int|None=None, # chunks analysed at once (threads; each holds its chunk's replicas); None: torch's thread count
                   clusters=None, # precomputed Clusters (or (ny, nx) labels); None: cluster_thickness
                   dE1=None, dE2=None, # training window per cluster (eV); None: from the data
                   window=None, # band-gap window (e_lo, e_hi) eV; None: automatic, varied per replica
@@ -355,19 +361,39 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     t3 = time.perf_counter()
     P = int(np.prod(shape))
     maps, n_failed, reasons = {}, np.zeros(P, int), {}
-    inel = np.empty(R * it.chunk_pixels * nE, np.float32)
     seeds = np.random.SeedSequence(seed).generate_state(len(it))
     pk = dict(peak_kw or {})
-    for i, ch in enumerate(tqdm(it, total=len(it), disable=not progress, desc="SI chunks")):
+    workers = max(1, min(int(torch_threads() if workers is None else _check_positive_int("workers", workers)), len(it)))
+    it.reuse = workers == 1                 # one ZLP buffer for all chunks, or one per chunk in flight
+    inel = [np.empty(R * it.chunk_pixels * nE, np.float32) for _ in range(workers)]
+    def work(i, ch, buf):
         m = len(ch)
-        summ, nf, rs = analyse_chunk(ch.counts, ch.zlp, e, inelastic=inel[:R * m * nE].reshape(R, m, nE), window=window,
-                                     exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
-                                     seed=int(seeds[i]), bandgap_kw=bandgap_kw, **pk)
+        out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf[:R * m * nE].reshape(R, m, nE), window=window,
+                            exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
+                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, **pk)
+        return ch.index, out, buf
+    def collect(index, out):
+        summ, nf, rs = out
         for n, s in summ.items():
             if n not in maps: maps[n] = Summary(*(np.full(P, np.nan) for _ in range(3)), np.zeros(P, int))
-            for k in range(4): maps[n][k][ch.index] = s[k]
-        n_failed[ch.index] = nf
+            for k in range(4): maps[n][k][index] = s[k]
+        n_failed[index] = nf
         for k, v in rs.items(): reasons[k] = reasons.get(k, 0) + v
+    bar = tqdm(total=len(it), disable=not progress, desc="SI chunks")
+    if workers == 1:
+        for i, ch in enumerate(it):
+            index, out, _ = work(i, ch, inel[0]); collect(index, out); bar.update()
+    else:   # `workers` chunks analysed at once in threads (numpy releases the GIL) while the next one is interpolated
+        from concurrent.futures import ThreadPoolExecutor
+        pending = []
+        with ThreadPoolExecutor(workers) as pool:
+            for i, ch in enumerate(it):
+                if len(pending) == workers:
+                    index, out, buf = pending.pop(0).result(); collect(index, out); inel.append(buf); bar.update()
+                pending.append(pool.submit(work, i, ch, inel.pop()))
+            for f in pending:
+                index, out, buf = f.result(); collect(index, out); bar.update()
+    bar.close()
     maps = {n: Summary(*(np.asarray(a).reshape(shape) for a in maps[n])) for n in sorted(maps, key=lambda n: (MAP_NAMES + (n,)).index(n))}
     t4 = time.perf_counter()
     g = it.grid
@@ -375,7 +401,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                 error_stats=g.error_stats, zlp_core_ratio=getattr(it, "zlp_core_ratio", None), chunk_pixels=it.chunk_pixels,
                 chunks=len(it))
     settings = dict(n_clusters=int(clusters.n_clusters), n_replicas=int(R), max_epochs=int(max_epochs) if trained else None,
-                    seed=seed, trained=trained, max_memory=float(max_memory), window=window, exponent=exponent,
+                    seed=seed, trained=trained, max_memory=float(max_memory), workers=workers, window=window, exponent=exponent,
                     exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                     plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), tol=float(tol),
                     dE1=[float(v) for v in np.atleast_1d(ensemble.dE1)], dE2=[float(v) for v in np.atleast_1d(ensemble.dE2)],
