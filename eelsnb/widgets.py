@@ -5,6 +5,9 @@
 # %% ../nbs/12_widgets.ipynb #a7e8907b
 from __future__ import annotations
 import html
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ipywidgets as widgets
@@ -12,9 +15,25 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 # %% auto #0
-__all__ = ['Panel', 'condition_slider', 'conditions_panel']
+__all__ = ['MAP_LABELS', 'fill_batch_holes', 'Panel', 'condition_slider', 'conditions_panel', 'map_choices', 'map_data',
+           'PixelView', 'onset_curves', 'pixel_view', 'selection_mask', 'training_labels', 'si_counts',
+           'explorer_inputs', 'SIExplorer', 'si_explorer']
 
 # %% ../nbs/12_widgets.ipynb #a1fc22cc
+def fill_batch_holes(figure:go.FigureWidget, # a FigureWidget inside `batch_update`
+                    )->int: # number of (trace, property) values added
+    "Inside `batch_update`: give every edited trace every property edited on another one (its current value)."
+    edits = getattr(figure, "_batch_trace_edits", None)   # plotly.py's pending per-trace edits
+    if not edits: return 0
+    props, n = {p for e in edits.values() for p in e}, 0
+    for i, e in edits.items():
+        for p in props - set(e):
+            try: e[p] = figure.data[i][p]
+            except (KeyError, ValueError): continue    # not a property of this trace type (e.g. `z` of a scatter)
+            n += 1
+    return n
+
+# %% ../nbs/12_widgets.ipynb #df58abf7
 class Panel:
     "A plotly `FigureWidget` driven by ipywidgets controls: any change calls `update(panel, values)`, which redraws."
     def __init__(self,
@@ -22,17 +41,21 @@ class Panel:
                  controls:dict, # name -> ipywidgets control with a `.value` (sliders first: the first is `.slider`)
                  update, # update(panel, values: dict name -> value) -> optional HTML text for the readout
                  title:str|None=None, # bold line above the controls
+                 controls_box=None, # a widget arranging the controls (default: a VBox of them in order)
+                 extra:list|None=None, # more widgets below the readout (buttons, ...)
                 ):
         if not callable(update): raise TypeError("update: expected a function update(panel, values).")
         if not controls or not all(hasattr(w, "value") and hasattr(w, "observe") for w in controls.values()):
             raise TypeError("controls: expected a non-empty dict name -> ipywidgets control.")
         self.figure = figure if isinstance(figure, go.FigureWidget) else go.FigureWidget(figure)
         self.controls, self._update, self.n_updates = dict(controls), update, 0
+        self._held, self._pending = False, False
         self.readout = widgets.HTML()
         self.error = None
         for w in self.controls.values(): w.observe(self._on_change, names="value")
         top = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        self.panel = widgets.VBox(top + [widgets.VBox(list(self.controls.values())), self.figure, self.readout])
+        box = controls_box if controls_box is not None else widgets.VBox(list(self.controls.values()))
+        self.panel = widgets.VBox(top + [box, self.figure, self.readout] + list(extra or []))
         self.refresh()
 
     @property
@@ -44,10 +67,22 @@ class Panel:
 
     def _on_change(self, change): self.refresh()
 
+    @contextmanager
+    def hold(self):
+        "Set several controls at once with one redraw: `with panel.hold(): a.value = ...; b.value = ...`."
+        self._held, self._pending = True, False
+        try: yield self
+        finally:
+            self._held = False
+            if self._pending: self.refresh()
+
     def refresh(self):
         "Redraw from the controls' current values (called on every change); an error is shown in the readout and re-raised."
+        if self._held: self._pending = True; return
         try:
-            with self.figure.batch_update(): text = self._update(self, self.values)
+            with self.figure.batch_update():
+                text = self._update(self, self.values)
+                fill_batch_holes(self.figure)
         except Exception as err:
             self.error = err
             self.readout.value = f"<span style='color:#b00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
@@ -131,3 +166,400 @@ def conditions_panel(ensemble, # trained ZLPEnsemble with operating conditions (
         if 0 < v.n_fwhm < n: fw += f" from {v.n_fwhm} of {n} replicas (the others do not fall to half maximum in the window)"
         return f"{html.escape(v.message)}<br>{fw}; nearest training condition: {html.escape(ref)}"
     return Panel(fig, controls, update, title="ZLP at new operating conditions")
+
+# %% ../nbs/12_widgets.ipynb #196e2c87
+MAP_LABELS = {"clusters": ("clusters", None), "t/lambda": ("t_over_lambda", "median"),
+              "band gap (eV)": ("band_gap", "median"), "exponent": ("exponent", "median"),
+              "exciton position (eV)": ("exciton_position", "median"), "exciton FWHM (eV)": ("exciton_width", "median"),
+              "plasmon position (eV)": ("plasmon_position", "median"), "plasmon FWHM (eV)": ("plasmon_width", "median")}
+
+def map_choices(results, # an `eelsnb.image.ImageResults`
+               )->dict: # label -> (map name, 'median' | 'width' | None for the clusters)
+    "The maps the explorer offers: clusters, each quantity's median and the width of its 68% interval."
+    out = {k: v for k, v in MAP_LABELS.items() if (v[0] == "clusters" and results.clusters is not None) or v[0] in results.maps}
+    for k, (n, w) in list(out.items()):
+        if w == "median": out[f"68% width: {k}"] = (n, "width")
+    for n in results.maps:                                  # maps this table does not know (exciton2, ...)
+        if not any(v[0] == n for v in out.values()): out[n], out[f"68% width: {n}"] = (n, "median"), (n, "width")
+    out["band-gap fits failed"] = ("n_failed", None)
+    return out
+
+def map_data(results, # an `eelsnb.image.ImageResults`
+             label:str, # a key of `map_choices(results)`
+            )->tuple: # (z (ny, nx), low (ny, nx), high (ny, nx), colorbar title)
+    "The image for a map label, and per pixel the 68% interval (16%, 84%) shown on hover (NaN where none)."
+    ch = map_choices(results)
+    if label not in ch: raise ValueError(f"label: no map {label!r}; choose one of {list(ch)}.")
+    name, which = ch[label]
+    nan = np.full(results.shape, np.nan)
+    if name == "clusters":
+        return np.asarray(results.clusters.labels, float), nan, nan, "cluster"
+    if name == "n_failed":
+        return np.asarray(results.n_failed, float), nan, nan, f"of {results.n_rep}"
+    s = results.maps[name]
+    z = np.asarray(s.width if which == "width" else s.median, float)
+    return z, np.asarray(s.low, float), np.asarray(s.high, float), "68% width" if which == "width" else label.split(" (")[0]
+
+# %% ../nbs/12_widgets.ipynb #d1dbb19c
+@dataclass
+class PixelView:
+    "The curves of one pixel: data, ZLP and subtracted signal (median, 16%, 84%), onset fit, dE1/dE2."
+    iy: int; ix: int
+    energy: np.ndarray        # (n,) the drawn energies (eV)
+    counts: np.ndarray        # (n,) measured counts
+    zlp: tuple                # (median, low, high) each (n,)
+    inelastic: tuple          # (median, low, high) each (n,)
+    fit_energy: np.ndarray    # (m,) energies of the onset fit curves (eV)
+    fit: tuple|None           # (median, low, high) of the fitted onset curves, None if every fit failed
+    band_gap: tuple           # (median, low, high) of the recomputed band gap (NaN if every fit failed)
+    exponent: tuple           # (median, low, high)
+    n_failed: int             # replicas whose fit failed
+    dE1: float; dE2: float    # training window of the pixel's cluster (eV)
+    cluster: int              # thickness cluster (-1 if unknown)
+    values: dict = field(default_factory=dict)   # map name -> (median, low, high) at this pixel from the results
+
+def _q(a:np.ndarray, axis:int=0)->tuple:
+    "(median, 16%, 84%) over `axis`."
+    m, lo, hi = np.percentile(a, [50, 16, 84], axis=axis)
+    return m, lo, hi
+
+def _per_cluster(v, k:int)->float:
+    v = np.atleast_1d(np.asarray(v, float))
+    return float(v[k] if 0 <= k < len(v) else np.median(v))
+
+def onset_curves(fit, # a `eelsnb.bandgap.BandGapFit`
+                 energy, # energies (eV) on the fit's channel grid (a slice of `fit.energy`)
+                )->np.ndarray: # (n_rep, ..., n) fitted curves, NaN rows where the fit failed
+    "`BandGapFit.model` on a slice of the fit's own axis, as one sliding-window product per pixel (no loop over the kernel)."
+    from numpy.lib.stride_tricks import sliding_window_view
+    e, fe = np.asarray(energy, float), np.asarray(fit.energy, float)
+    dE = float(fe[1] - fe[0])
+    if e.ndim != 1 or len(e) < 1 or (len(e) > 1 and not np.allclose(np.diff(e), dE, rtol=1e-6)):
+        raise ValueError("energy: expected channels of the fit's own energy axis (uniform, same step).")
+    R, P = fit.n_rep, int(np.prod(fit.shape))
+    ker = np.asarray(fit.kernels)[np.asarray(fit.group)]                  # (P, 2M+1)
+    M = (ker.shape[-1] - 1) // 2
+    eg, b, A = (np.asarray(v, float).reshape(R, P) for v in (fit.band_gap, fit.exponent, fit.amplitude))
+    t = e[0] - fit.kernel_energy + (np.arange(len(e) + 2 * M) - M) * dE  # energies minus each kernel offset, shared
+    with np.errstate(invalid="ignore"):
+        x = t[None, None] - eg[..., None]
+        g = np.where(x > 0, np.abs(x) ** b[..., None], 0.0)                 # (R, P, n + 2M)
+    out = np.einsum("rpjk,pk->rpj", sliding_window_view(g, 2 * M + 1, axis=-1), ker[:, ::-1]) * A[..., None]
+    out[np.asarray(fit.failed).reshape(R, P)] = np.nan
+    return out.reshape((R,) + tuple(fit.shape) + (len(e),))
+
+def pixel_view(results, # an `eelsnb.image.ImageResults` with its ensemble
+               counts, # the pixel's measured counts (n_E,) on `results.energy`
+               iy:int, ix:int, # the pixel (row, column)
+               e_range:tuple=(-1.0, 8.0), # energies drawn (eV)
+               conditions:dict|None=None, # conditions the spectra do not provide (as given to analyse_image)
+               seed:int=0, # seed of the band-gap window jitter
+              )->PixelView:
+    "ZLP replicas at the pixel's conditions, subtracted replicas and onset fits, summarised for drawing."
+    from eelsnb.bandgap import fit_band_gap
+    if results.ensemble is None: raise ValueError("results: no ensemble (the results directory has no model/); the pixel's ZLP cannot be computed.")
+    e = np.asarray(results.energy, float)
+    c = np.asarray(counts, float)
+    if c.shape != e.shape: raise ValueError(f"counts: expected ({len(e)},) counts on the results' energy axis, got shape {c.shape}.")
+    ny, nx = results.shape
+    if not (0 <= iy < ny and 0 <= ix < nx): raise ValueError(f"iy, ix: pixel ({iy}, {ix}) outside the {ny} x {nx} image.")
+    st = results.settings or {}
+    bkw = dict(st.get("bandgap_kw") or {})
+    kr, search = float(bkw.get("kernel_range", 3.0)), bkw.get("search", (0.2, 10.0))
+    win = st.get("window")
+    dE = float(e[1] - e[0])
+    hi = max(float(search[1]), float(win[1]) + 0.2 if win is not None else 0.0)
+    cb = (e >= min(-kr, float(search[0])) - 2 * dE) & (e <= hi + 2 * dE)   # the channels the map's fits saw
+    d = (e >= e_range[0]) & (e <= e_range[1])                              # the channels drawn
+    sub = cb | d
+    ens = results.ensemble
+    cond = ens.spectrum_conditions(c[None], e, conditions)                  # from the whole spectrum, as for the maps
+    zlp = np.full((ens.n_replicas, len(e)), np.nan)
+    zlp[:, sub] = ens.predict(e[sub], cond)[:, 0]                           # only the channels needed (~5x fewer)
+    inel = c[None] - zlp
+    fit = fit_band_gap(inel[:, None, cb], e[cb], window=None if win is None else tuple(win), exponent=st.get("exponent"),
+                       resolution=zlp[:, None, cb], seed=seed, **bkw)
+    ok = ~fit.failed[:, 0]
+    if ok.any():
+        w = fit.window[ok, 0]
+        fm = cb & (e >= np.min(w[:, 0]) - 0.3) & (e <= np.max(w[:, 1]) + 0.3)
+        curves = onset_curves(fit, e[fm])[ok, 0]
+        fq, bg, ex = _q(curves), _q(fit.band_gap[ok, 0]), _q(fit.exponent[ok, 0])
+    else:
+        fm, fq = np.zeros_like(e, bool), None
+        bg = ex = (np.nan,) * 3
+    lab = int(results.clusters.labels[iy, ix]) if results.clusters is not None else -1
+    values = {n: tuple(float(np.asarray(a)[iy, ix]) for a in s[:3]) for n, s in results.maps.items()}
+    return PixelView(int(iy), int(ix), e[d], c[d], _q(zlp[:, d]), _q(inel[:, d]), e[fm], fq, tuple(map(float, bg)),
+                     tuple(map(float, ex)), int((~ok).sum()), _per_cluster(ens.dE1, lab), _per_cluster(ens.dE2, lab), lab, values)
+
+# %% ../nbs/12_widgets.ipynb #2a06c59a
+def selection_mask(shape:tuple, # (ny, nx)
+                   rectangles=(), # ((y0, y1, x0, x1), ...) inclusive pixel ranges
+                   clusters=(), # cluster labels to include whole
+                   labels=None, # (ny, nx) cluster labels (needed with `clusters`)
+                  )->np.ndarray: # (ny, nx) bool
+    "Boolean mask of the pixels in any of the rectangles or in any of the listed clusters."
+    ny, nx = shape
+    m = np.zeros((ny, nx), bool)
+    for r in rectangles:
+        if len(r) != 4: raise ValueError(f"rectangles: expected (y0, y1, x0, x1) per rectangle, got {r!r}.")
+        y0, y1, x0, x1 = (int(v) for v in r)
+        if y0 > y1: y0, y1 = y1, y0
+        if x0 > x1: x0, x1 = x1, x0
+        if y1 < 0 or x1 < 0 or y0 >= ny or x0 >= nx: raise ValueError(f"rectangles: {r!r} lies outside the {ny} x {nx} image.")
+        m[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+    if len(clusters):
+        if labels is None: raise ValueError("labels: needed to select clusters; pass results.clusters.labels.")
+        lab = np.asarray(labels)
+        if lab.shape != (ny, nx): raise ValueError(f"labels: shape {lab.shape}, expected {(ny, nx)}.")
+        m |= np.isin(lab, list(clusters))
+    return m
+
+def training_labels(mask, # (ny, nx) bool: the training/reference pixels
+                    labels, # (ny, nx) thickness cluster labels
+                   )->np.ndarray: # (ny, nx) int: 0..K'-1 on the selection, -1 elsewhere
+    "Cluster labels for `ZLPEnsemble.fit_si(clusters=...)` that train on the selected pixels only."
+    m, lab = np.asarray(mask), np.asarray(labels)
+    if m.dtype != bool: raise ValueError(f"mask: expected a boolean array, got dtype {m.dtype}.")
+    if m.shape != lab.shape: raise ValueError(f"mask: shape {m.shape} does not match the labels' {lab.shape}.")
+    if not m.any(): raise ValueError("mask: no pixel selected; mark a rectangle or some clusters first.")
+    kept = np.unique(lab[m])
+    out = np.full(lab.shape, -1, int)
+    out[m] = np.searchsorted(kept, lab[m])
+    return out
+
+# %% ../nbs/12_widgets.ipynb #41016ea5
+def si_counts(si, # SI: (ny, nx, n_E) array, hyperspy signal (lazy too), or an object with .counts and .energy
+             ):
+    "The SI's counts as an (ny, nx, n_E) array-like (a lazy signal stays lazy: pixels are read on demand)."
+    if hasattr(si, "counts") and hasattr(si, "energy") and not hasattr(si, "axes_manager"): return np.asarray(si.counts)
+    data = si.data if hasattr(si, "axes_manager") else si
+    if not hasattr(data, "compute"): data = np.asarray(data)
+    if data.ndim != 3: raise ValueError(f"si: expected a spectral image (ny, nx, n_E), got shape {tuple(data.shape)}.")
+    return data
+
+def _check_si_for(results, data, where:str="si"):
+    if tuple(data.shape) != tuple(results.shape) + (len(results.energy),):
+        raise ValueError(f"{where}: shape {tuple(data.shape)} does not match the results' {tuple(results.shape) + (len(results.energy),)} "
+                         "(pixels, channels); pass the SI that was analysed.")
+    return data
+
+def explorer_inputs(path, # an `eelsnb image` output directory
+                    si=None, # the SI; None: the file recorded in results.json
+                   )->tuple: # (ImageResults, SI counts (ny, nx, n_E))
+    "Results directory -> (ImageResults, the analysed SI's counts)."
+    import json
+    from eelsnb.image import ImageResults, RESULTS_FILE
+    out = Path(path)
+    res = ImageResults.load(out)
+    if si is None:
+        rec = (json.loads((out / RESULTS_FILE).read_text()).get("cli") or {}).get("si")
+        if not rec: raise ValueError(f"si: {out / RESULTS_FILE} records no SI file (not written by `eelsnb image`); pass si=.")
+        cands = [Path(rec)] if Path(rec).is_absolute() else [Path.cwd() / rec, out.parent / rec, out.parent / Path(rec).name]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None: raise ValueError(f"si: the SI file {rec!r} recorded in {RESULTS_FILE} was not found (tried "
+                                           f"{', '.join(map(str, cands))}); pass si= (a path, array or signal).")
+        si = found
+    if isinstance(si, (str, Path)):
+        from eelsnb.io import load
+        si = load(si, lazy=True)
+    return res, _check_si_for(res, si_counts(si))
+
+# %% ../nbs/12_widgets.ipynb #a4e1449f
+_BAND = dict(width=0, color="rgba(0,0,0,0)")
+
+def _json_grid(a:np.ndarray)->list:
+    "A 2-D (or 3-D) array as nested lists with None for NaN: widget messages are JSON, which has no NaN (plotly: a gap)."
+    a = np.asarray(a, float)
+    return np.where(np.isfinite(a), a, None).tolist()
+
+class SIExplorer(Panel):
+    "Map + picked pixel's spectrum over an SI analysis; click or sliders pick; rectangles/clusters mark training pixels."
+    def __init__(self, results, si, label:str="band gap (eV)", pixel:tuple|None=None, e_range:tuple=(-1.0, 8.0),
+                 conditions:dict|None=None, seed:int=0, cache:int=256, width:int=920, height:int=540):
+        self.results, self.counts = results, _check_si_for(results, si_counts(si))
+        self.e_range, self.conditions, self.seed = tuple(e_range), conditions, int(seed)
+        ny, nx = results.shape
+        choices = map_choices(results)
+        if label not in choices: label = next(iter(choices))
+        if pixel is None:
+            ok = np.argwhere(np.isfinite(map_data(results, label)[0]))
+            pixel = tuple(ok[len(ok) // 2]) if len(ok) else (ny // 2, nx // 2)
+        self.rectangles, self._corner, self._cache, self._cache_size = [], None, {}, int(cache)
+        self._shown = dict(label=None, pixel=None, selection=None)
+        self.pixel = (int(pixel[0]), int(pixel[1]))
+        sl = dict(continuous_update=False, layout=widgets.Layout(width="320px"))
+        labels = results.clusters.labels if results.clusters is not None else None
+        cl_opts = [(f"cluster {k} ({int((labels == k).sum())} px)", k) for k in range(int(labels.max()) + 1)] if labels is not None else []
+        controls = dict(x=widgets.IntSlider(value=self.pixel[1], min=0, max=nx - 1, description="x", **sl),
+                        y=widgets.IntSlider(value=self.pixel[0], min=0, max=ny - 1, description="y", **sl),
+                        map=widgets.Dropdown(options=list(choices), value=label, description="map", layout=widgets.Layout(width="320px")),
+                        clusters=widgets.SelectMultiple(options=cl_opts, value=(), description="train on", rows=min(4, max(len(cl_opts), 1)),
+                                                        layout=widgets.Layout(width="260px")),
+                        mode=widgets.ToggleButtons(options=["pick pixel", "mark rectangle"], value="pick pixel", description="click",
+                                                   style=dict(button_width="110px")))
+        self.clear_button = widgets.Button(description="clear selection", layout=widgets.Layout(width="130px"))
+        self.clear_button.on_click(lambda b: self.clear_selection())
+        box = widgets.HBox([widgets.VBox([controls["x"], controls["y"], controls["map"]]),
+                            widgets.VBox([controls["clusters"], controls["mode"], self.clear_button])])
+        fig = make_subplots(rows=2, cols=2, specs=[[{"rowspan": 2}, {}], [None, {}]], column_widths=[0.45, 0.55],
+                            horizontal_spacing=0.16, vertical_spacing=0.12, subplot_titles=("map", "counts and ZLP (median, 68% band)", "subtracted and onset fit"))
+        fig.add_trace(go.Heatmap(z=np.zeros((ny, nx)), colorscale="Viridis", colorbar=dict(len=0.9, thickness=12, xanchor="left", title=dict(text="", side="right")),
+                                 hovertemplate="x %{x}, y %{y}<br>%{z:.4g}<br>68%: %{customdata[0]:.4g} .. %{customdata[1]:.4g}<extra></extra>"), 1, 1)
+        fig.add_trace(go.Heatmap(z=_json_grid(np.full((ny, nx), np.nan)), colorscale=[[0, "rgba(255,255,255,0.55)"], [1, "rgba(255,255,255,0.55)"]],
+                                 showscale=False, hoverinfo="skip", name="selection"), 1, 1)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", line=dict(color="white", dash="dash"), marker=dict(color="white", size=6),
+                                 hoverinfo="skip", showlegend=False, name="rectangle"), 1, 1)
+        fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", marker=dict(symbol="x-thin", size=14, line=dict(width=3, color="#e0201b")),
+                                 hoverinfo="skip", showlegend=False, name="pixel"), 1, 1)
+        z1 = [0.0]
+        fig.add_trace(go.Scatter(x=z1, y=z1, mode="lines", line=dict(color="black", width=1), name="data"), 1, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, showlegend=False, hoverinfo="skip"), 1, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, fill="tonexty", fillcolor="rgba(31,119,180,0.3)", name="ZLP 68%"), 1, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=dict(color="#1f77b4", width=1.5), name="ZLP median"), 1, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, showlegend=False, hoverinfo="skip"), 2, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, fill="tonexty", fillcolor="rgba(44,160,44,0.3)", name="subtracted 68%"), 2, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=dict(color="#2ca02c", width=1.2), name="subtracted median"), 2, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, showlegend=False, hoverinfo="skip"), 2, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=_BAND, fill="tonexty", fillcolor="rgba(214,39,40,0.3)", name="onset fit 68%"), 2, 2)
+        fig.add_trace(go.Scatter(x=z1, y=z1, line=dict(color="#d62728", width=1.5), name="onset fit median"), 2, 2)
+        for row, ax in ((1, "y2"), (2, "y3")):
+            for k in range(2):
+                fig.add_shape(type="line", x0=0, x1=0, y0=0, y1=1, xref="x2" if row == 1 else "x3", yref=f"{ax} domain",
+                              line=dict(color="#555", dash="dot", width=1))
+        for k, t in enumerate(("dE1", "dE2")):
+            fig.add_annotation(x=0, y=0.98, xref="x2", yref="y2 domain", text=t, showarrow=False, xanchor="left", yanchor="top", font=dict(size=10, color="#555"))
+        fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", row=1, col=1)
+        fig.update_xaxes(constrain="domain", row=1, col=1)
+        fig.update_yaxes(type="log", title_text="counts", row=1, col=2)
+        fig.update_yaxes(title_text="counts", row=2, col=2)
+        fig.update_xaxes(range=list(self.e_range), row=1, col=2)
+        fig.update_xaxes(range=[max(0.0, self.e_range[0]), self.e_range[1]], title_text="energy loss (eV)", matches="x2", row=2, col=2)
+        fig.update_layout(width=width, height=height, margin=dict(l=50, r=20, t=60, b=50), hovermode="closest",
+                          legend=dict(orientation="h", x=0.5, y=-0.12, font=dict(size=10)))
+        fig.update_traces(colorbar_x=fig.layout.xaxis.domain[1] + 0.01, selector=dict(type="heatmap", showscale=None))
+        super().__init__(fig, controls, SIExplorer._draw, title="SI explorer", controls_box=box)
+        self.figure.data[0].on_click(self._on_click)
+
+    # ---- state as plain values ----
+    @property
+    def selection(self)->np.ndarray:
+        "(ny, nx) bool: pixels in the marked rectangles or the selected clusters."
+        lab = self.results.clusters.labels if self.results.clusters is not None else None
+        return selection_mask(self.results.shape, self.rectangles, self.controls["clusters"].value, lab)
+
+    def training_labels(self)->np.ndarray:
+        "Labels for `ZLPEnsemble.fit_si(clusters=...)`: the selection's clusters, -1 elsewhere."
+        if self.results.clusters is None: raise ValueError("results: no clusters; use `selection` as the mask.")
+        return training_labels(self.selection, self.results.clusters.labels)
+
+    def view(self, iy:int, ix:int)->PixelView:
+        "The pixel's curves (cached)."
+        key = (int(iy), int(ix))
+        if key in self._cache: return self._cache[key]
+        v = pixel_view(self.results, np.asarray(self.counts[key[0], key[1]], float), *key, e_range=self.e_range,
+                       conditions=self.conditions, seed=self.seed)
+        if self._cache_size > 0:
+            if len(self._cache) >= self._cache_size: self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = v
+        return v
+
+    # ---- actions (what the GUI calls) ----
+    def pick(self, iy:int, ix:int):
+        "Pick a pixel: both sliders move, one redraw."
+        with self.hold(): self.controls["y"].value, self.controls["x"].value = int(iy), int(ix)
+
+    def mark_rectangle(self, y0:int, y1:int, x0:int, x1:int):
+        "Add a rectangle (inclusive pixel ranges) to the selection."
+        selection_mask(self.results.shape, [(y0, y1, x0, x1)])   # validates
+        self.rectangles.append((int(y0), int(y1), int(x0), int(x1))); self._corner = None; self.refresh()
+
+    def clear_selection(self):
+        "Forget the rectangles and deselect the clusters (one redraw)."
+        self.rectangles, self._corner = [], None
+        with self.hold():
+            self.controls["clusters"].value = ()
+            self._pending = True
+
+    def _on_click(self, trace, points, state):
+        if not points.xs: return
+        ix, iy = int(round(points.xs[0])), int(round(points.ys[0]))
+        if self.controls["mode"].value == "mark rectangle":
+            if self._corner is None: self._corner = (iy, ix); self.refresh()
+            else: (y0, x0), self._corner = self._corner, None; self.mark_rectangle(y0, iy, x0, ix)
+        else: self.pick(iy, ix)
+
+    # ---- drawing ----
+    @staticmethod
+    def _draw(self, values:dict)->str:
+        f, res, shown = self.figure, self.results, self._shown
+        f64 = lambda a: np.asarray(a, dtype=np.float64)
+        label = values["map"]
+        if shown["label"] != label:
+            z, lo, hi, unit = map_data(res, label)
+            f.data[0].z, f.data[0].customdata = _json_grid(z), _json_grid(np.stack([lo, hi], -1))
+            f.data[0].colorbar.title.text = unit
+            f.data[0].colorscale = "Viridis" if "width" not in label else "Magma"
+            f.layout.annotations[0].text = label
+            shown["label"] = label
+        sel = self.selection
+        key = (sel.tobytes(), self._corner)
+        if shown["selection"] != key:
+            f.data[1].z = _json_grid(np.where(sel, 1.0, np.nan))
+            xs, ys = [], []
+            for y0, y1, x0, x1 in self.rectangles:                 # outlines of the marked rectangles
+                a, b, c, d = min(x0, x1) - 0.5, max(x0, x1) + 0.5, min(y0, y1) - 0.5, max(y0, y1) + 0.5
+                xs += [a, b, b, a, a, None]; ys += [c, c, d, d, c, None]
+            if self._corner is not None: xs.append(self._corner[1]); ys.append(self._corner[0])   # first corner
+            f.data[2].x, f.data[2].y = xs, ys
+            shown["selection"] = key
+        iy, ix = values["y"], values["x"]
+        self.pixel = (iy, ix)
+        v = self.view(iy, ix)
+        if shown["pixel"] != (iy, ix):
+            f.data[3].x, f.data[3].y = [ix], [iy]
+            e = f64(v.energy)
+            for i, y in zip((4, 5, 6, 7), (v.counts, v.zlp[2], v.zlp[1], v.zlp[0])): f.data[i].x, f.data[i].y = e, f64(y)
+            for i, y in zip((8, 9, 10), (v.inelastic[2], v.inelastic[1], v.inelastic[0])): f.data[i].x, f.data[i].y = e, f64(y)
+            fe = f64(v.fit_energy)
+            for i, k in zip((11, 12, 13), (2, 1, 0)):
+                f.data[i].x, f.data[i].y = (fe, f64(v.fit[k])) if v.fit is not None else ([], [])
+            sh, an = f.layout.shapes, f.layout.annotations
+            for j, d in enumerate((v.dE1, v.dE2, v.dE1, v.dE2)): sh[j].x0 = sh[j].x1 = d
+            an[-2].x, an[-1].x = v.dE1, v.dE2
+            m = e >= v.dE1                                         # the subtracted signal where it means something
+            top = float(np.nanmax(v.inelastic[2][m])) if m.any() else 1.0
+            f.layout.yaxis3.range = [-0.25 * top, 1.15 * top]
+            shown["pixel"] = (iy, ix)
+        return _pixel_text(res, v, sel, self._corner)
+
+def _fmt(t:tuple, d:int=3)->str:
+    m, lo, hi = t
+    return "n/a" if not np.isfinite(m) else f"{m:.{d}g} [{lo:.{d}g}, {hi:.{d}g}]"
+
+def _pixel_text(res, v:PixelView, sel:np.ndarray, corner)->str:
+    names = [("band_gap", "band gap (eV)"), ("exponent", "exponent"), ("t_over_lambda", "t/lambda"),
+             ("exciton_position", "exciton (eV)"), ("plasmon_position", "plasmon (eV)")]
+    maps = "; ".join(f"{lab} {_fmt(v.values[n])}" for n, lab in names if n in v.values)
+    nf = int(res.n_failed[v.iy, v.ix])
+    out = (f"<b>pixel (y {v.iy}, x {v.ix})</b>, cluster {v.cluster}; maps (median [16%, 84%]): {maps}; "
+           f"band-gap fits failed {nf}/{res.n_rep}<br>this pixel recomputed: band gap {_fmt(v.band_gap)} eV, exponent "
+           f"{_fmt(v.exponent)} ({res.n_rep - v.n_failed}/{res.n_rep} fits); dE1 {v.dE1:.3g} eV, dE2 {v.dE2:.3g} eV<br>"
+           f"training selection: {int(sel.sum())} pixels")
+    if corner is not None: out += f"; rectangle from (y {corner[0]}, x {corner[1]}): click the opposite corner"
+    return out
+
+def si_explorer(results, # `eelsnb.image.ImageResults`, or the path of an `eelsnb image` output directory
+                si=None, # the analysed SI (array, signal, SyntheticSI, path); None: from the directory's results.json
+                label:str="band gap (eV)", # the map shown first (see `map_choices`)
+                pixel:tuple|None=None, # (iy, ix) picked first; default: the middle valid pixel
+                e_range:tuple=(-1.0, 8.0), # energies drawn (eV)
+                conditions:dict|None=None, # conditions the spectra do not provide (as given to analyse_image)
+                seed:int=0, # seed of the per-pixel band-gap window jitter
+                **kw, # width, height, cache
+               )->SIExplorer:
+    "Explore an SI analysis: a map beside the picked pixel's spectrum, ZLP, subtraction and onset fit."
+    if isinstance(results, (str, Path)): results, si = explorer_inputs(results, si)
+    elif si is None: raise ValueError("si: the SI's counts are needed (ImageResults keeps only maps); pass the SI that was analysed.")
+    return SIExplorer(results, si, label=label, pixel=pixel, e_range=e_range, conditions=conditions, seed=seed, **kw)
