@@ -49,9 +49,11 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     R, m, nE = zlp.shape
     bkw = dict(bandgap_kw or {})
     out = {}
-    tl = t_over_lambda(counts, zlp, e)                                    # (R, m)
-    out["t_over_lambda"] = summarize(tl)
     i0 = zlp.sum(-1, dtype=np.float64)                                    # (R, m) zero-loss intensity per replica
+    if not (np.all(np.isfinite(i0)) and np.all(i0 > 0)):                 # what t_over_lambda checks, on the sums
+        raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
+    tl = np.log(counts.sum(-1, dtype=np.float64)[None] / i0)             # t_over_lambda (log-ratio), sums computed once
+    out["t_over_lambda"] = summarize(tl)
     if inelastic is None: inelastic = np.empty((R, m, nE), np.float32)
     np.subtract(counts[None], zlp, out=inelastic, casting="same_kind")
     # band gap: the search range plus the ZLP's kernel range around 0 eV
