@@ -17,7 +17,8 @@ __all__ = ['KNOWN_CONDITIONS', 'DEFAULT_NAMES', 'CONDITIONS_FORMAT', 'Extrapolat
            'conditions_from_signal', 'ConditionSpectra', 'gather_spectra', 'vacuum_window',
            'training_set_from_conditions', 'fit_conditions', 'TrainingConditions', 'training_conditions', 'features',
            'relative_width', 'band_coverage', 'Diagnosis', 'diagnose', 'ConditionPrediction', 'predict_conditions',
-           'range_point', 'widening', 'fwhm_replicas', 'nearest_training', 'ConditionView', 'condition_view']
+           'range_point', 'widening', 'fwhm_replicas', 'nearest_training', 'ConditionView', 'condition_view',
+           'calibration_holdout', 'scale_from_pulls', 'band_scale_at', 'calibrate_band']
 
 # %% ../nbs/11_conditions.ipynb #4a74eb2b
 class ExtrapolationWarning(UserWarning):
@@ -293,14 +294,22 @@ def fit_conditions(spectra, # signals, arrays or an object with .counts/.energy 
                    dE1=None, dE2=None, # training window (eV); None: from the data
                    ensemble:ZLPEnsemble|None=None, # an untrained ensemble with your settings; default ZLPEnsemble(**ensemble_kw)
                    training:dict|None=None, # options of `training_set_from_conditions` (per_exposure, vacuum, read_noise, ...)
+                   calibrate:bool|None=None, # calibrate the band (`calibrate_band`, a second training); None: when some condition lies between others
                    **ensemble_kw, # ZLPEnsemble settings (n_replicas, max_epochs, seed, ...)
                   )->ZLPEnsemble:
-    "Train a ZLP ensemble whose inputs are energy loss and operating conditions (beam energy, exposure, ...)."
+    "Train a ZLP ensemble whose inputs are energy loss and operating conditions (beam energy, exposure, ...); calibrate its band."
     ens = ensemble if ensemble is not None else ZLPEnsemble(**ensemble_kw)
     if ensemble is not None and ensemble_kw: raise ValueError(f"ensemble_kw: {sorted(ensemble_kw)} given with an `ensemble`; set them on the ensemble.")
     ts = training_set_from_conditions(spectra, energy, conditions, names, dE1, dE2, n_replicas=ens.settings["n_replicas"],
                                       seed=ens.seed, **(training or {}))
-    return ens.fit(ts)
+    ens.fit(ts)
+    if calibrate is False or json.loads(ts.meta["conditions"])["from_spectra"]: return ens
+    if calibrate or calibration_holdout(training_conditions(ens)).any():
+        calibrate_band(ens, spectra, energy, conditions, training)
+    else:
+        _set_calibration(ens, dict(scale=1.0, method="none", reason="every training condition is a corner of the training region; "
+                                   "no condition between others to hold out", checked=[]))
+    return ens
 
 @dataclass
 class TrainingConditions:
@@ -309,9 +318,14 @@ class TrainingConditions:
     points: np.ndarray # (n_points, n_cond) distinct training conditions, physical values
     per_exposure: bool = False # the ensemble learned counts per second
     from_spectra: list = field(default_factory=list) # inputs computed from the spectra themselves (log_zlp_peak, ...)
+    calibration: dict|None = None # the band calibration (`calibrate_band`), None when none was made
 
     @property
     def names(self)->list: return [c.name for c in self.conditions]
+    @property
+    def band_scale(self)->float:
+        "Factor on the ln-space distances of the replicas from their median (1: the raw ensemble band)."
+        return float(self.calibration["scale"]) if self.calibration else 1.0
     @property
     def features(self)->np.ndarray: return np.stack([c.to_feature(self.points[:, i]) for i, c in enumerate(self.conditions)], -1)
     @property
@@ -343,8 +357,10 @@ class TrainingConditions:
         return (np.asarray(features, float) - self.lo) / np.where(self.hi > self.lo, self.hi - self.lo, np.inf)
 
     def to_dict(self)->dict:
-        return dict(format=CONDITIONS_FORMAT, conditions=[c.to_dict() for c in self.conditions], points=self.points.tolist(),
-                    per_exposure=self.per_exposure, from_spectra=list(self.from_spectra))
+        d = dict(format=CONDITIONS_FORMAT, conditions=[c.to_dict() for c in self.conditions], points=self.points.tolist(),
+                 per_exposure=self.per_exposure, from_spectra=list(self.from_spectra))
+        if self.calibration is not None: d["band_calibration"] = dict(self.calibration)
+        return d
     def __repr__(self):
         lines = [f"TrainingConditions: {len(self.points)} distinct conditions"
                  + ("; the ensemble learned counts per second (x exposure on prediction)" if self.per_exposure else "")]
@@ -353,6 +369,8 @@ class TrainingConditions:
             vals = ", ".join(f"{x:g}" for x in v) if len(v) <= 6 else f"{v.min():g} .. {v.max():g}"
             lines.append(f"  {c.label}: {len(v)} values [{vals}]" + (f" (network input ln {c.name})" if c.log else "")
                          + (" (from the spectra)" if c.name in self.from_spectra else ""))
+        cal = self.calibration
+        if cal: lines.append(f"  band calibration: x{cal['scale']:.3g} ({cal['method']}" + (f"; {cal['reason']}" if cal.get("reason") else "") + ")")
         return "\n".join(lines)
 
 def training_conditions(ensemble:ZLPEnsemble)->TrainingConditions:
@@ -369,7 +387,8 @@ def training_conditions(ensemble:ZLPEnsemble)->TrainingConditions:
         if [c.feature for c in conds] != names:
             raise ValueError(f"ensemble: the card's conditions {[c.feature for c in conds]} do not match its inputs {names}.")
         pts = np.asarray(d["points"], float).reshape(-1, len(conds))
-        return TrainingConditions(conds, pts, bool(d.get("per_exposure", False)), list(d.get("from_spectra", [])))
+        return TrainingConditions(conds, pts, bool(d.get("per_exposure", False)), list(d.get("from_spectra", [])),
+                                  d.get("band_calibration"))
     if not names: raise ValueError("ensemble: it takes energy loss only; there are no operating conditions to diagnose.")
     conds = [Condition(n) for n in names]
     lohi = np.array([ensemble.conditions_seen[n] for n in names], float) # the training box: its corners stand for the points
@@ -479,13 +498,18 @@ def _energy_grid(ensemble, energy):
     lo, hi = ensemble.conditions_seen["energy_loss"]
     return np.linspace(lo, hi, 200)
 
-def _predict_flat(ensemble, tc, e, F, chunk:int):
+def _predict_flat(ensemble, tc, e, F, chunk:int, calibrated:bool=True):
     "ZLP replicas (n_rep, m, n_E) in counts (x exposure when the ensemble learned counts per second) at features F (m, d)."
     out = np.empty((ensemble.n_replicas, len(F), len(e)))
     ie = tc.names.index("exposure") if tc.per_exposure else None
+    f_q = band_scale_at(tc, F) if calibrated and tc.calibration else None
     for a in range(0, len(F), chunk):
         f = F[a:a + chunk]
-        p = ensemble.predict(e, {c.feature: f[:, i] for i, c in enumerate(tc.conditions)})
+        p = ensemble.predict(e, {c.feature: f[:, i] for i, c in enumerate(tc.conditions)}, log=True)
+        if f_q is not None: # the calibrated band: each replica's ln distance from the median scaled by f(q)
+            med = np.median(p, 0)
+            p = med + f_q[a:a + chunk, None] * (p - med)
+        p = np.exp(p)
         if ie is not None: p = p * np.exp(f[:, ie])[None, :, None]
         out[:, a:a + chunk] = p
     return out
@@ -496,6 +520,7 @@ def diagnose(ensemble:ZLPEnsemble, # trained ensemble with operating conditions
              level:float=0.01, # core of the ZLP: median above level x peak
              warn:bool=False, # warn (ExtrapolationWarning) when a condition lies outside the training hull
              chunk:int=64, # conditions per forward pass
+             calibrated:bool=True, # judge the calibrated band (`calibrate_band`); False: the raw ensemble spread
             )->Diagnosis:
     "For each requested condition: inside the training range/hull?, distance to it, relative uncertainty of the ZLP."
     tc = training_conditions(ensemble)
@@ -509,7 +534,7 @@ def diagnose(ensemble:ZLPEnsemble, # trained ensemble with operating conditions
     inside_hull = _inside_hull(P, Z, hd) & inside_range
     hd = np.where(inside_hull, 0.0, hd)
     e = _energy_grid(ensemble, energy)
-    rw = relative_width(_predict_flat(ensemble, tc, e, F, chunk), level)
+    rw = relative_width(_predict_flat(ensemble, tc, e, F, chunk, calibrated), level)
     phys = {c.name: c.from_feature(F[:, i]) for i, c in enumerate(tc.conditions)}
     d = Diagnosis(phys, inside_range, inside_hull, distance, hd, rw, tc)
     if warn and d.extrapolating.any():
@@ -535,6 +560,7 @@ def predict_conditions(ensemble:ZLPEnsemble, # trained ensemble with operating c
                        normalize:str|None=None, # None: counts; 'peak': each replica / its maximum; 'area': / its sum
                        warn:bool=True, # ExtrapolationWarning when a condition lies outside the training hull
                        level:float=0.01, # ZLP core for the relative width
+                       calibrated:bool=True, # the calibrated band (`calibrate_band`, when the ensemble has one); False: raw replicas
                       )->ConditionPrediction:
     "The ZLP (replicas) at any operating conditions, in counts at that exposure, with a diagnosis and a warning when extrapolating."
     if normalize not in (None, "peak", "area"): raise ValueError(f"normalize: None, 'peak' or 'area', got {normalize!r}.")
@@ -542,11 +568,11 @@ def predict_conditions(ensemble:ZLPEnsemble, # trained ensemble with operating c
     tc = training_conditions(ensemble)
     shape, F = tc.feature_array(conditions)
     Ff = F.reshape(-1, len(tc.names))
-    z = _predict_flat(ensemble, tc, e, Ff, 64)
+    z = _predict_flat(ensemble, tc, e, Ff, 64, calibrated)
     if normalize == "peak": z = z / z.max(-1, keepdims=True)
     elif normalize == "area": z = z / z.sum(-1, keepdims=True)
     d = diagnose(ensemble, {c.name: c.from_feature(Ff[:, i]) for i, c in enumerate(tc.conditions)}, energy=e, level=level,
-                 warn=False)
+                 warn=False, calibrated=calibrated)
     if warn and d.extrapolating.any():
         i = int(np.argmax(d.distance * d.extrapolating + d.extrapolating))
         warnings.warn(ExtrapolationWarning(f"{int(d.extrapolating.sum())} of {len(d)} requested conditions lie outside the "
@@ -585,11 +611,11 @@ def widening(ensemble:ZLPEnsemble, # trained ensemble with operating conditions
              factors=(1.0, 1.25, 1.5, 2.0), # positions in units of the training range (1 = edge)
              side:str="high", # which edge
              base:dict|None=None, # the other conditions (see `range_point`)
-             energy=None, level:float=0.01, # as in `diagnose`
+             energy=None, level:float=0.01, calibrated:bool=True, # as in `diagnose`
             )->Diagnosis:
     "Diagnosis at 1x, 1.25x, 1.5x, 2x ... the training range of one condition: how the band widens with the distance."
     pts = [range_point(ensemble, name, k, side, base) for k in factors]
-    return diagnose(ensemble, {n: np.array([p[n] for p in pts]) for n in pts[0]}, energy=energy, level=level)
+    return diagnose(ensemble, {n: np.array([p[n] for p in pts]) for n in pts[0]}, energy=energy, level=level, calibrated=calibrated)
 
 def fwhm_replicas(zlp, # (n_rep, ..., n_E) ZLP replicas (or any single-peaked curves)
                   energy, # (n_E,) eV
@@ -671,3 +697,128 @@ def condition_view(ensemble:ZLPEnsemble, # trained ensemble with operating condi
     fq = tuple(float(x) for x in np.percentile(fw[ok], [50, 16, 84])) if ok.any() else (np.nan,) * 3
     return ConditionView(e, cond, med, lo, hi, ref, ref_c, pred.diagnosis.row(0), pred.diagnosis.message(0), fq, int(ok.sum()),
                          scan, sv, sw, tc.range(scan))
+
+# %% ../nbs/11_conditions.ipynb #100ef4ba
+def _hull_vertices(P:np.ndarray, # (k, d) points
+                  )->np.ndarray: # indices of the vertices of their convex hull (a degenerate set through its principal subspace)
+    "Vertices of the convex hull of points (edge and interior points are not vertices)."
+    Q = P - P.mean(0)
+    _, S, Vt = np.linalg.svd(Q, full_matrices=False)
+    r = int((S > 1e-9 * max(1.0, float(S.max(initial=0.0)))).sum())
+    if r == 0: return np.arange(len(P))
+    Y = Q @ Vt[:r].T
+    if r == 1: return np.unique([int(np.argmin(Y[:, 0])), int(np.argmax(Y[:, 0]))])
+    from scipy.spatial import ConvexHull
+    return np.sort(ConvexHull(Y).vertices)
+
+def calibration_holdout(tc:TrainingConditions)->np.ndarray:
+    "(n_points,) bool: the distinct training conditions `calibrate_band` holds out, those that are not vertices of the training hull."
+    held = np.ones(len(tc.points), bool)
+    held[_hull_vertices(tc.scaled(tc.features))] = False
+    return held
+
+def scale_from_pulls(log_data, # ln of measured values (any shape)
+                     log_median, # ln of the ensemble median, same shape
+                     half_low, half_high, # ln half-widths of the band below and above the median (> 0)
+                     sigma_log=0.0, # noise of the measured values in ln units
+                    )->float: # f such that the pulls (data - median) / sqrt((f h)^2 + sigma^2) have unit width (rms 1)
+    "The band scale that gives measured values' pulls unit width, the band's half-width h taken on each value's side."
+    d = np.asarray(log_data, float) - np.asarray(log_median, float)
+    h = np.where(d > 0, half_high, half_low) * np.ones_like(d)
+    s2 = np.broadcast_to(np.asarray(sigma_log, float) ** 2, d.shape)
+    if d.size == 0 or not (np.all(np.isfinite(d)) and np.all(np.isfinite(h)) and np.all(np.isfinite(s2))):
+        raise ValueError("log_data, log_median, half_low, half_high, sigma_log: need finite values (and at least one).")
+    if np.any(h <= 0): raise ValueError("half_low, half_high: the band has zero width at some points; the replicas agree exactly there.")
+    width = lambda f: float(np.mean(d ** 2 / ((f * h) ** 2 + s2))) # mean squared pull, decreasing in f
+    if np.any(s2 == 0) and np.all(d == 0): raise ValueError("log_data: equal to the median everywhere; nothing to calibrate on.")
+    if np.all(s2 > 0) and width(0.0) <= 1:
+        raise ValueError(f"log_data: the measured values scatter about the median by no more than their own noise (mean squared "
+                         f"pull {width(0.0):.2f} with no band at all): the noise hides the band; use spectra with more counts.")
+    lo, hi = 1e-6, 1e6
+    if width(hi) > 1: raise ValueError("log_data: the pulls exceed unit width for any band scale up to 1e6; check the noise (sigma_log).")
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if width(mid) > 1 else (lo, mid)
+    return math.sqrt(lo * hi)
+
+def band_scale_at(tc:TrainingConditions, # from `training_conditions` (with its calibration)
+                  F, # (m, n_cond) network features (ln for log conditions)
+                 )->np.ndarray: # (m,) factor on the replicas' ln distances from the median
+    "The calibration where held-out data checked the interpolation; fading to 1 (the raw band) where they could not, and outside."
+    F = np.atleast_2d(np.asarray(F, float)); cal = tc.calibration
+    if not cal or cal.get("scale", 1.0) == 1.0: return np.ones(len(F))
+    Z, P = tc.scaled(F), tc.scaled(tc.features)
+    k = np.ones(len(F))
+    for j, c in enumerate(tc.conditions):
+        v = np.unique(P[:, j]); half = np.diff(v).max() / 2 # half the widest gap between training values
+        if c.name in cal.get("checked", []): dist = np.clip(-Z[:, j], 0, None) + np.clip(Z[:, j] - 1, 0, None)
+        else: dist = np.abs(Z[:, j, None] - v[None]).min(1)
+        k *= np.clip(1 - dist / half, 0, 1)
+    return 1 - (1 - float(cal["scale"])) * k
+
+def _set_calibration(ensemble, record:dict):
+    raw = (getattr(ensemble, "training_set_meta", None) or {}).get("conditions")
+    if not raw: raise ValueError("ensemble: its card has no record of the training conditions; train it with `fit_conditions`.")
+    d = json.loads(raw); d["band_calibration"] = record
+    ensemble.training_set_meta["conditions"] = json.dumps(d)
+
+def calibrate_band(ensemble:ZLPEnsemble, # trained with `fit_conditions` on `spectra`
+                   spectra, # the spectra it was trained on (as given to `fit_conditions`)
+                   energy=None, conditions:dict|None=None, # as given to `fit_conditions`
+                   training:dict|None=None, # the `training` options given to `fit_conditions`
+                   level:float=0.01, # channels where the predicted ZLP exceeds level x its peak
+                   held_out=None, # (n_points,) bool over `training_conditions(ensemble).points`; default `calibration_holdout`
+                  )->dict: # the calibration record (also written into the ensemble's model card)
+    "Scale of the 68% band measured on training conditions held out of a second training: the held-out spectra's pulls get unit width."
+    import inspect, time
+    from eelsnb.replicas import sigma_poisson
+    t0 = time.perf_counter()
+    tc = training_conditions(ensemble)
+    if tc.from_spectra: raise ValueError(f"ensemble: conditions computed from the spectra ({tc.from_spectra}) are not supported by calibrate_band.")
+    training = dict(training or {})
+    cs = gather_spectra(spectra, energy, conditions, tc.conditions)
+    V = np.stack([cs.conditions[n] for n in tc.names], -1)
+    if len(cs) != len(ensemble.dE1) or not np.allclose(np.unique(np.round(V, 12), axis=0), tc.points, rtol=1e-9):
+        raise ValueError(f"spectra: not the {len(ensemble.dE1)} spectra this ensemble was trained on ({len(cs)} spectra, conditions "
+                         f"{np.unique(np.round(V, 12), axis=0).tolist()}); give the spectra, conditions and training options of its fit.")
+    held = calibration_holdout(tc) if held_out is None else np.asarray(held_out, bool)
+    if held.shape != (len(tc.points),): raise ValueError(f"held_out: expected {len(tc.points)} flags, got shape {held.shape}.")
+    if not held.any():
+        raise ValueError(f"spectra: every training condition is a corner of the training region ({tc.points.tolist()}); calibration "
+                         "needs spectra at conditions between others (e.g. a third exposure) to hold out.")
+    spec_held = (np.abs(V[:, None, :] - tc.points[held][None]) <= 1e-9 * np.abs(tc.points[held]).max(0)).all(-1).any(-1)
+    P = tc.scaled(tc.features)
+    rest = P[~held]
+    if np.any(rest.min(0) > 0) or np.any(rest.max(0) < 1):
+        raise ValueError("held_out: the remaining training conditions must span the range of every condition.")
+    inner = (P[held] > 1e-9) & (P[held] < 1 - 1e-9)
+    checked = [c.name for j, c in enumerate(tc.conditions) if inner[:, j].any()]
+    keep = ~spec_held
+    opts = {k: v for k, v in training.items() if k != "sigma"}
+    opts.setdefault("per_exposure", tc.per_exposure)
+    sig = training.get("sigma")
+    if sig is not None and np.ndim(sig) == 2: sig_all = np.asarray(sig, float)
+    elif sig is not None: sig_all = np.broadcast_to(np.asarray(sig, float), cs.counts.shape)
+    else: sig_all = sigma_poisson(cs.counts, float(training.get("read_noise", 0.0)))
+    params = inspect.signature(ZLPEnsemble.__init__).parameters
+    settings = {k: v for k, v in ensemble.settings.items() if k in params}
+    settings.update(checkpoint_dir=None, n_replicas=ensemble.n_replicas)
+    ts = training_set_from_conditions(cs.counts[keep], cs.energy, {n: cs.conditions[n][keep] for n in tc.names}, tc.conditions,
+                                      dE1=ensemble.dE1[keep], dE2=ensemble.dE2[keep], n_replicas=ensemble.n_replicas,
+                                      seed=ensemble.seed, sigma=sig_all[keep], **opts)
+    cal = ZLPEnsemble(**settings).fit(ts)
+    ctc = training_conditions(cal)
+    F = np.stack([c.to_feature(V[spec_held, i]) for i, c in enumerate(tc.conditions)], -1)
+    L = np.log(_predict_flat(cal, ctc, cs.energy, F, 64, calibrated=False))
+    m, lo, hi = np.percentile(L, [50, 16, 84], axis=0)
+    c_h, s_h, e = cs.counts[spec_held], sig_all[spec_held], cs.energy
+    w = (e[None] < ensemble.dE1[spec_held][:, None]) & (m >= np.log(level) + m.max(-1, keepdims=True)) & (c_h > 0)
+    args = (np.log(np.where(w, c_h, 1.0))[w], m[w], (m - lo)[w], (hi - m)[w], (s_h / np.exp(m))[w])
+    f = scale_from_pulls(*args)
+    inside = lambda k: float(np.mean(np.abs(args[0] - args[1]) <= np.sqrt((k * np.where(args[0] > args[1], args[3], args[2])) ** 2 + args[4] ** 2)))
+    record = dict(scale=f, method="training conditions held out of a second training", level=level,
+                  held_out=tc.points[held].tolist(), checked=checked, n_spectra=int(spec_held.sum()), n_points=int(w.sum()),
+                  coverage_raw=inside(1.0), coverage=inside(f), chi2_valid=float(np.median(cal.chi2["valid"])),
+                  seconds=round(time.perf_counter() - t0, 2))
+    _set_calibration(ensemble, record)
+    return record
