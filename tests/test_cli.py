@@ -277,3 +277,22 @@ def test_demo_runs_spectra_on_the_bundled_data(capsys, tmp_path):
     assert [s["file"] for s in d["samples"]] == [f"sample_{i}.txt" for i in (14, 15, 16, 19, 20, 21)]
     assert len(d["cli"]["vacuum"]) == 3
     assert "report.html" in err
+
+
+def test_dm3_dm4_msa_in_one_run(capsys, tmp_path):
+    "Gatan DM3/DM4 (written by the clean-room fixture writer) and EMSA/MSA files need no --energy-range."
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dmfile import write_dm
+    from eelsnb.io import load_ws2
+    w = load_ws2(4)
+    step = float(w.energy[1] - w.energy[0])
+    write_dm(tmp_path / "vac.dm3", w.vacuum_counts[0].astype(np.float32), float(w.energy[0]), step, version=3)
+    write_dm(tmp_path / "s14.dm4", w.sample_counts[0].astype(np.float32), float(w.energy[0]), step, version=4)
+    to_signal(w.sample_counts[1], w.energy).save(str(tmp_path / "s15.msa"))
+    rc, stdout, err = run(capsys, ["spectra", "--vacuum", tmp_path / "vac.dm3", "--sample", tmp_path / "s14.dm4",
+                                   tmp_path / "s15.msa", "--replicas", "4", "--epochs", "300", "--out", tmp_path / "o"])
+    assert rc == 0, err[-3000:]
+    d = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [s["file"] for s in d["samples"]] == ["s14.dm4", "s15.msa"]
+    for s in d["samples"]: check_summary(s["t_over_lambda"], "t_over_lambda")
+    assert "s14.dm4: band gap" in stdout and "s15.msa: band gap" in stdout
