@@ -425,10 +425,11 @@ def run_spectra(args, log:Progress|None=None)->Path:
         raise ValueError(f"--window: ELO ({args.window[0]:g}) must be below EHI ({args.window[1]:g}) (eV).")
     from eelsnb.analysis import analyse_spectra
     log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
-    res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
-                          max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
-                          window=None if args.window is None else tuple(args.window), exponent=args.exponent,
-                          progress=not args.quiet)
+    with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
+        res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
+                              max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
+                              window=None if args.window is None else tuple(args.window), exponent=args.exponent,
+                              progress=not args.quiet)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
                 epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent)
@@ -454,8 +455,9 @@ def run_image(args, log:Progress|None=None)->Path:
     log(f"spectral image {nav[0]} x {nav[1]} pixels, {si.axes_manager.signal_shape[0]} channels")
     from eelsnb.image import analyse_image
     log(f"analysing: {args.clusters} clusters, {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
-    res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
-                        seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet)
+    with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
+        res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
+                            seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory)
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")

@@ -210,6 +210,9 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     bad = {k: oct(v) for k, v in modes.items() if v != (dmode if (out / k).is_dir() else fmode)}
     assert not bad, bad
     assert "eelsnb [" in stderr and "analysing" in stderr                # progress lines
+    # stdout holds the results only (one line per sample); training progress went to stderr
+    assert stdout.strip().splitlines() == [l for l in stdout.strip().splitlines() if l.startswith("sample_14.txt: band gap")]
+    assert "Epoch" in stderr and "Epoch" not in stdout
 
 
 def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
