@@ -13,8 +13,11 @@ import numpy as np
 
 def load_spectra(d: Path, name: str):
     "An (n, n_E) stack written by SpectraResults.save, and its energy axis (eV)."
-    import hyperspy.api as hs
-    s = hs.load(str(d / "spectra" / f"{name}.hspy"))
+    import warnings
+    with warnings.catch_warnings():      # hyperspy's deprecation notices of its own lazy signal imports
+        warnings.simplefilter("ignore")
+        import hyperspy.api as hs
+        s = hs.load(str(d / "spectra" / f"{name}.hspy"))
     ax = s.axes_manager.signal_axes[0]
     return np.atleast_2d(np.asarray(s.data, float)), ax.offset + ax.scale * np.arange(ax.size)
 
