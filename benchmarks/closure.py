@@ -108,8 +108,12 @@ def analyse_group(group:dict, # from `make_group`
                   fit_kw:dict|None=None, # options of `fit_band_gap`
                   ensemble_kw:dict|None=None, # options of `ZLPEnsemble`
                   keep:bool=False, # also return the ZLP and inelastic replicas
+                  cache:str|None=None, # .npz file of this group's ZLP replicas: loaded when it exists, else written after training
                  )->dict:
-    "The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries."
+    """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
+    With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
+    step can be re-run on the same replicas without training again (the cache is keyed by the file name only: use one
+    per seed, preset and ensemble size)."""
     from eelsnb.preprocess import align_zlp, shift_spectra
     from eelsnb.replicas import training_set_from_spectra
     from eelsnb.ensemble import ZLPEnsemble
@@ -118,18 +122,28 @@ def analyse_group(group:dict, # from `make_group`
     e = group["energy"]
     vac, _ = align_zlp(group["vacuum"], e)
     smp, shifts = align_zlp(group["samples"], e)
-    d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
-    nv = len(vac)
-    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
-    ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
-                                   read_noise=read_noise)
-    ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
-    ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, **ekw).fit(ts)
-    t_train = ens.fit_seconds
-    chi2_valid = float(np.median(ens.chi2["valid"]))
-    n_out = int(np.sum(ens.outliers))
-    if drop_outliers and n_out: ens = ens.drop_outliers()
-    zlp = ens.predict_for(smp, e)                                   # (n_rep, n_samples, n_E)
+    if cache is not None and Path(cache).exists():
+        c = np.load(cache)
+        zlp, d1, d2, fallback = c["zlp"].astype(float), c["dE1"], c["dE2"], c["dE1_fallback"]
+        t_train, chi2_valid, n_out = float(c["train_s"]), float(c["chi2_valid"]), int(c["outliers"])
+        if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
+    else:
+        d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
+        nv = len(vac)
+        D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+        ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
+                                       read_noise=read_noise)
+        ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
+        ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, **ekw).fit(ts)
+        t_train = ens.fit_seconds
+        chi2_valid = float(np.median(ens.chi2["valid"]))
+        n_out = int(np.sum(ens.outliers))
+        if drop_outliers and n_out: ens = ens.drop_outliers()
+        zlp = ens.predict_for(smp, e)                               # (n_rep, n_samples, n_E)
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cache, zlp=zlp.astype(np.float32), dE1=d1, dE2=d2, dE1_fallback=fallback, train_s=t_train,
+                                chi2_valid=chi2_valid, outliers=n_out)
     inel = smp[None] - zlp
     fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **(fit_kw or {}))
     sg, sb = fit.summary("band_gap"), fit.summary("exponent")
@@ -160,6 +174,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 zlp_broadening:float=0.3, read_noise:float=2.0,
                 dE1_kw:dict|None=None, fit_kw:dict|None=None, ensemble_kw:dict|None=None,
                 progress:bool=False, # print one line per group to stderr
+                cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -167,8 +182,11 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
     for s in seeds:
         g = make_group(s, n_samples, preset=preset, total_counts=total_counts, excitons=excitons,
                        zlp_broadening=zlp_broadening, read_noise=read_noise)
+        cache = None if cache_dir is None else str(Path(cache_dir) / (
+            f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
+            f"_k{zlp_broadening:g}_rn{read_noise:g}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw)
+                          ensemble_kw=ensemble_kw, cache=cache)
         recs.append(r)
         if progress:
             f = figures([r])
@@ -250,6 +268,8 @@ def main(argv=None)->dict:
     ap.add_argument("--read-noise", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
+                    "(re-fit the band gap without training again)")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
@@ -257,7 +277,8 @@ def main(argv=None)->dict:
     warnings.filterwarnings("ignore")
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
-                      total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True)
+                      total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
+                      cache_dir=a.cache)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())

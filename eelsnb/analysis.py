@@ -316,12 +316,15 @@ class SpectraResults:
             w = f.window[:, i][~f.failed[:, i]] if (~f.failed[:, i]).any() else f.window[:, i]
             reasons = {}
             from eelsnb.bandgap import FAIL_REASONS
-            for c in np.unique(f.reason[:, i]):
-                if c: reasons[FAIL_REASONS[int(c)]] = int(np.sum(f.reason[:, i] == c))
+            for c in np.unique(f.reason[:, i][f.failed[:, i]]):
+                if c: reasons[FAIL_REASONS[int(c)]] = int(np.sum(f.failed[:, i] & (f.reason[:, i] == c)))
+            edges = {FAIL_REASONS[int(c)]: int(np.sum(f.at_edge[:, i] & (f.reason[:, i] == c)))
+                     for c in np.unique(f.reason[:, i][f.at_edge[:, i]])}
             samples.append(dict(file=n, band_gap=_q(bg, i), exponent=_q(b, i), t_over_lambda=_q(tl, i),
                                 dE1=float(d1[i]), dE2=float(d2[i]),
                                 window=[float(w[:, 0].min()), float(w[:, 1].max())],
                                 n_failed=int(f.failed[:, i].sum()), n_replicas=int(self.n_rep), failed_by_reason=reasons,
+                                n_at_edge=int(f.at_edge[:, i].sum()), at_edge_by_reason=edges,
                                 excitons=[self._peak_dict(p, i, nm, wd) for p, nm, wd in
                                           zip(self.excitons, self.exciton_names, self.exciton_windows)],
                                 plasmon=None if self.plasmon is None else self._peak_dict(self.plasmon, i)))
@@ -375,7 +378,7 @@ class SpectraResults:
             ex = ", ".join(f"{x['name']} {x['position']['median']:.2f}" for x in s["excitons"] if x["position"]["median"] is not None)
             pl = "" if s["plasmon"] is None or s["plasmon"]["position"]["median"] is None else f", plasmon {s['plasmon']['position']['median']:.1f}"
             lines.append(f"  {s['file']}: E_bg {g(s['band_gap'])} eV, b {g(s['exponent'], 2)}, t/lambda {g(s['t_over_lambda'])}, "
-                         f"dE1 {s['dE1']:.2f}, dE2 {s['dE2']:.2f}, failed {s['n_failed']}/{s['n_replicas']}; excitons {ex}{pl}")
+                         f"dE1 {s['dE1']:.2f}, dE2 {s['dE2']:.2f}, failed {s['n_failed']}/{s['n_replicas']} (kept at an edge {s['n_at_edge']}); excitons {ex}{pl}")
         return "\n".join(lines)
     def __repr__(self): return self.report()
 
@@ -483,10 +486,12 @@ def _jsonable(x):
 # %% ../nbs/09_analysis.ipynb #c819a5d0
 def _window_arg(window, n, fwhm, dE1):
     "Band-gap windows (n, 2) and whether to jitter them, or 'onset'."
-    if window is None: return band_gap_windows(dE1, fwhm), True, "dE1 - 1 FWHM .. dE1 + 3 FWHM, edges varied +-0.1 eV per replica"
+    if window is None: window = "onset"
     if isinstance(window, str):
-        if window != "onset": raise ValueError(f"window: expected None, 'onset', (e_lo, e_hi) or one (e_lo, e_hi) per sample, got {window!r}.")
-        return "onset", None, "automatic onset window (eelsnb.bandgap.onset_window), varied per replica"
+        if window == "dE1": return band_gap_windows(dE1, fwhm), True, "dE1 - 1 FWHM .. dE1 + 3 FWHM, edges varied +-0.1 eV per replica"
+        if window != "onset": raise ValueError(f"window: expected None, 'onset', 'dE1', (e_lo, e_hi) or one (e_lo, e_hi) per sample, got {window!r}.")
+        return "onset", None, ("automatic onset window (eelsnb.bandgap.fit_band_gap): from 0.15-0.45 eV + 1-2 ZLP FWHM below "
+                               "the detected onset to 5-80% of the first maximum, drawn per replica; edge fits kept")
     try: w = np.asarray(window, float)
     except (TypeError, ValueError): raise ValueError(f"window: expected (e_lo, e_hi) in eV or one per sample, got {window!r}.") from None
     if w.shape == (2,): w = np.broadcast_to(w, (n, 2))
@@ -504,7 +509,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     seed:int=0, # seed of replicas, weights and window jitter
                     dE1=None, # override dE1 (eV): scalar or one per sample; None: from the data
                     dE2=None, # override dE2 (eV): scalar or one per sample; None: from the data
-                    window=None, # band-gap window: None (dE1 - FWHM .. dE1 + 3 FWHM, jittered), 'onset', (lo, hi) or (n, 2)
+                    window=None, # band-gap window: None / 'onset' (automatic, see `fit_band_gap`), 'dE1' (dE1 - FWHM .. dE1 + 3 FWHM), (lo, hi) or (n, 2)
                     exponent=None, # None: free exponent b; or a fixed b (0.5 direct, 1.5 indirect)
                     ensemble=None, # a trained ZLPEnsemble to use instead of training one
                     progress:bool=True, # show the training progress bar

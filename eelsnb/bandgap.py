@@ -13,8 +13,8 @@ import numpy as np
 from .io import check_energy
 
 # %% auto #0
-__all__ = ['FAIL_REASONS', 'Summary', 'summarize', 'OnsetWindow', 'onset_window', 'emulate_replicas', 'BandGapFit',
-           'fit_band_gap']
+__all__ = ['FAIL_REASONS', 'EDGE_REASONS', 'Summary', 'summarize', 'OnsetWindow', 'onset_window', 'emulate_replicas',
+           'BandGapFit', 'fit_band_gap']
 
 # %% ../nbs/07_bandgap.ipynb #2820e489
 class Summary(NamedTuple):
@@ -118,7 +118,7 @@ class OnsetWindow:
 
     def replica_windows(self, n_rep:int, # number of replicas
                         level=(0.05, 0.8), # range of `level`, drawn log-uniformly per replica and pixel
-                        margin=(0.15, 0.45), # range of `margin` (eV), drawn uniformly
+                        margin=(0.15, 0.45), # range of `margin` (eV), drawn uniformly; (low, high) may be arrays of the pixel shape
                         seed=0, # int or numpy Generator
                        )->np.ndarray: # windows (n_rep, ..., 2): (e_lo, e_hi) in eV
         "Windows per replica: `level` and `margin` drawn at random (seeded), so the window's systematic enters the spread."
@@ -127,7 +127,11 @@ class OnsetWindow:
         l0, l1 = _pair(level, "level")
         if l0 <= 0 or l1 > 1: raise ValueError(f"level: fractions of the first maximum must lie in (0, 1], got {level!r}.")
         lev = np.exp(rng.uniform(np.log(l0), np.log(l1), size=(n_rep,) + shape))
-        mar = rng.uniform(*_pair(margin, "margin"), size=(n_rep,) + shape)
+        if isinstance(margin, tuple) and len(margin) == 2 and np.ndim(margin[0]) > 0:   # per-pixel ranges
+            m0, m1 = (np.broadcast_to(np.asarray(m, float), shape) for m in margin)
+            if np.any(m0 > m1) or np.any(m0 < 0): raise ValueError("margin: need 0 <= low <= high for every pixel.")
+        else: m0, m1 = _pair(margin, "margin")
+        mar = rng.uniform(m0, m1, size=(n_rep,) + shape)
         e = self._rise[0]
         e_hi = np.maximum(self._level_energy(lev), np.minimum(self.onset + self.min_span, e[-1]))
         return np.stack([np.maximum(self.onset - mar, e[0]), e_hi], -1)
@@ -424,6 +428,7 @@ FAIL_REASONS = {0: "ok",
                 4: "not significant: the onset lowers chi^2 by less than `min_significance`^2",
                 5: "non-finite result or amplitude <= 0",
                 6: "exponent at a bound: the best exponent lies at an end of `b_bounds`"}
+EDGE_REASONS = (3, 6)  # with edges='keep' (the default) these fits are kept in the summaries and only counted
 
 @dataclass
 class BandGapFit:
@@ -449,8 +454,17 @@ class BandGapFit:
     @property
     def n_failed(self)->int: return int(self.failed.sum())
     def failed_by_reason(self)->dict:
-        "Number of failed fits per reason."
-        return {FAIL_REASONS[c]: int(np.sum(self.reason == c)) for c in FAIL_REASONS if c and np.any(self.reason == c)}
+        "Number of failed (excluded) fits per reason."
+        return {FAIL_REASONS[c]: int(np.sum(self.failed & (self.reason == c))) for c in FAIL_REASONS
+                if c and np.any(self.failed & (self.reason == c))}
+    @property
+    def at_edge(self)->np.ndarray:
+        "(n_rep, ...) bool: valid fits whose gap lies on an edge of its window or whose exponent sits on a bound (kept)."
+        return ~self.failed & np.isin(self.reason, EDGE_REASONS)
+    def edges_by_reason(self)->dict:
+        "Number of kept fits per edge reason."
+        return {FAIL_REASONS[c]: int(np.sum(~self.failed & (self.reason == c))) for c in EDGE_REASONS
+                if np.any(~self.failed & (self.reason == c))}
 
     def summary(self, name:str="band_gap", empty:str="flag")->Summary:
         "Median and 68% interval over the replicas that did not fail, per spectrum/pixel."
@@ -500,6 +514,7 @@ class BandGapFit:
         lines = [f"BandGapFit: {self.n_rep} replicas x {int(np.prod(self.shape))} spectra = {n} fits, "
                  f"{self.n_failed} failed ({100 * self.n_failed / max(n, 1):.1f}%)"]
         lines += [f"  failed, {k}: {v}" for k, v in self.failed_by_reason().items()]
+        lines += [f"  kept in the summaries, {k}: {v}" for k, v in self.edges_by_reason().items()]
         st = self.settings
         blur = self.kernels.shape[-1] > 1
         lines.append(f"  model: A (E - E_bg)^b {'blurred by the ZLP (resolution)' if blur else 'WITHOUT resolution (biased low when the ZLP is as wide as the onset)'}, "
@@ -574,7 +589,8 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  sigma=None, # noise per channel: None = replica spread; 'uniform'; or an array broadcastable to the data
                  jitter:bool=None, # vary the window per replica (default: True for automatic, False for a given window)
                  level=(0.05, 0.8), # automatic e_hi: fraction of the first maximum, drawn log-uniformly per replica
-                 margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica
+                 margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica ...
+                 margin_fwhm=(1.0, 2.0), # ... plus this many ZLP FWHM (drawn with the same uniform number)
                  min_span:float=None, # automatic e_hi at least this far (eV) above the onset; None: the ZLP's FWHM (0.3 without)
                  extend:float=None, # refit once with e_hi + extend (eV) where the gap lands on the window's top; None: min_span
                  edge_jitter:float=0.1, # given window with jitter=True: each edge moves uniformly by up to this (eV)
@@ -587,8 +603,9 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  n_b:int=13, # grid points of a free exponent (geometric)
                  polish:int=6, # Levenberg-Marquardt steps after the grid
                  seed=0, # seed of the window jitter
+                 edges:str="keep", # fits with the gap on a window edge or b on a bound: 'keep' (counted) or 'fail' (excluded)
                  chunk:int=8192, # fits per vectorised block (bounds the memory)
-                 **onset_kw, # detection settings of `onset_window`: search, z_min, run, smooth, drop, max_span
+                 **onset_kw, # detection settings of `onset_window`: search (default (0.2, 10) eV, from 1 ZLP FWHM with `resolution`), z_min, run, smooth, drop, max_span
                 )->BandGapFit:
     "Fit A (R * (E - E_bg)_+^b) to every replica and spectrum on a data-driven onset window; flag and count failures."
     x, e = _as_data(inelastic, energy)
@@ -602,6 +619,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if b_bounds[0] <= 0 or b_bounds[0] == b_bounds[1]: raise ValueError(f"b_bounds: need 0 < low < high, got {b_bounds}.")
     if int(min_points) != min_points or min_points < 2: raise ValueError(f"min_points: need an integer >= 2, got {min_points!r}.")
     if not grid_step > 0 or n_b < 3 or polish < 0: raise ValueError("grid_step must be > 0, n_b >= 3 and polish >= 0.")
+    if edges not in ("keep", "fail"): raise ValueError(f"edges: expected 'keep' or 'fail', got {edges!r}.")
     bad = set(onset_kw) - set(_ONSET_KW)
     if bad: raise TypeError(f"fit_band_gap: unexpected keyword arguments {sorted(bad)}; detection settings are {sorted(_ONSET_KW)}.")
     kw = {**_ONSET_KW, **onset_kw}
@@ -611,7 +629,10 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     span = fwhm if min_span is None else np.full(P, float(min_span))
     ext = span if extend is None else np.full(P, float(extend))
     # only the channels a window can reach take part
-    if window is None: lo_e, hi_e = kw["search"]
+    if window is None:
+        if resolution is not None and "search" not in onset_kw:   # within one FWHM of 0 eV the ZLP core rules: no onset sought there
+            kw["search"] = (max(kw["search"][0], float(np.min(fwhm))), kw["search"][1])
+        lo_e, hi_e = kw["search"]
     else:
         lo, hi = _check_window(window, e, min_points)
         lo_e, hi_e = (lo - edge_jitter, hi + edge_jitter) if jitter else (lo, hi)
@@ -637,8 +658,11 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     # windows per replica
     reason = np.zeros((R, P), np.int8)
     if window is None:
-        lv, mg = _pair(level, "level"), _pair(margin, "margin")
-        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), float(np.mean(mg)), span, **kw)
+        lv, mg, mf = _pair(level, "level"), _pair(margin, "margin"), _pair(margin_fwhm, "margin_fwhm")
+        if mg[0] < 0 or mf[0] < 0: raise ValueError(f"margin, margin_fwhm: must be >= 0, got {margin!r}, {margin_fwhm!r}.")
+        fw = fwhm if resolution is not None else np.zeros(P)   # no resolution: margin alone
+        mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
+        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, **kw)
         jit = True if jitter is None else bool(jitter)
         win = np.array(ow.replica_windows(R, lv, mg, seed) if jit else
                        np.broadcast_to(np.stack([ow.e_lo, ow.e_hi], -1), (R,) + pix + (2,)), float).reshape(R, P, 2)
@@ -691,9 +715,11 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         reason[retry] = 0
         fit_set(*np.nonzero(retry))
     failed = reason != 0
+    if edges == "keep": failed &= ~np.isin(reason, EDGE_REASONS)   # an edge fit is a result, not a failure
     for v in out.values(): v[failed] = np.nan
     shp = (R,) + pix
     settings = dict(exponent=exponent, b_bounds=b_bounds, weights=weights, jitter=jit, level=level, margin=margin,
+                    margin_fwhm=margin_fwhm, edges=edges,
                     min_span=min_span, extend=extend, edge_jitter=edge_jitter, min_points=min_points,
                     min_significance=min_significance, kernel_range=kernel_range, grid_step=grid_step, n_b=n_b,
                     polish=polish, seed=seed, window=window, **kw)
