@@ -439,10 +439,14 @@ def _layout(zmin, zmax, h, collapse=0.25)->tuple:
     lo = np.where(n > 1, zmin, (zmin + zmax) / 2)
     return lo, step, tuple(int(v) for v in n)
 
-def _spread_ratio(interp:np.ndarray, exact:np.ndarray, floor:float=1e-6)->np.ndarray:
+def _spread(exact:np.ndarray, floor:float=1e-6)->np.ndarray:
+    "Half the 16-84% width of `exact` over replicas (axis 0), floored at `floor` x |median|."
+    q16, q50, q84 = np.percentile(exact, [16, 50, 84], axis=0)
+    return np.maximum((q84 - q16) / 2, floor * np.abs(q50) + 1e-30)
+
+def _spread_ratio(interp:np.ndarray, exact:np.ndarray, floor:float=1e-6, spread=None)->np.ndarray:
     "Per pixel: max over channels of max_k |interp - exact| / (half the 16-84% width of exact over replicas)."
-    q16, q84 = np.percentile(exact, [16, 84], axis=0)
-    spread = np.maximum((q84 - q16) / 2, floor * np.abs(np.median(exact, 0)) + 1e-30)
+    if spread is None: spread = _spread(exact, floor)
     return (np.abs(interp - exact).max(0) / spread).max(-1)
 
 def condition_grid(ensemble, # a trained ZLPEnsemble
@@ -489,6 +493,7 @@ def condition_grid(ensemble, # a trained ZLPEnsemble
     if len(chk):
         cv = {n: v[chk] for n, v in vals.items()}
         exact = ensemble.predict(e, cv)                               # (R, n_check, n_E), once
+        spread = _spread(exact)                                       # and its spread, once for every refinement
     history, store = [], NodeStore(ensemble, e, names, max_nodes)
     for _ in range(12):
         lo, step, shape = _layout(zmin, zmax, h)
@@ -504,7 +509,7 @@ def condition_grid(ensemble, # a trained ZLPEnsemble
         g._ensure(need)
         ratio = np.zeros(0)
         if exact is not None:
-            ratio = _spread_ratio(g.zlp({n: v[chk] for n, v in vals.items()}).astype(np.float64), exact)
+            ratio = _spread_ratio(g.zlp({n: v[chk] for n, v in vals.items()}).astype(np.float64), exact, spread=spread)
             g.error_ratio = float(ratio.max())
             g.error_stats = dict(n_checked=int(len(chk)), max=g.error_ratio, median=float(np.median(ratio)),
                                  p90=float(np.percentile(ratio, 90)), tol=float(tol))
