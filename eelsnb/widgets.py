@@ -377,7 +377,7 @@ def _json_grid(a:np.ndarray)->list:
 class SIExplorer(Panel):
     "Map + picked pixel's spectrum over an SI analysis; click or sliders pick; rectangles/clusters mark training pixels."
     def __init__(self, results, si, label:str="band gap (eV)", pixel:tuple|None=None, e_range:tuple=(-1.0, 8.0),
-                 conditions:dict|None=None, seed:int=0, cache:int=256, width:int=920, height:int=540):
+                 conditions:dict|None=None, seed:int=0, cache:int=256, width:int=920, height:int=600):
         self.results, self.counts = results, _check_si_for(results, si_counts(si))
         self.e_range, self.conditions, self.seed = tuple(e_range), conditions, int(seed)
         ny, nx = results.shape
@@ -405,7 +405,7 @@ class SIExplorer(Panel):
                             widgets.VBox([controls["clusters"], controls["mode"], self.clear_button])])
         fig = make_subplots(rows=2, cols=2, specs=[[{"rowspan": 2}, {}], [None, {}]], column_widths=[0.45, 0.55],
                             horizontal_spacing=0.16, vertical_spacing=0.12, subplot_titles=("map", "counts and ZLP (median, 68% band)", "subtracted and onset fit"))
-        fig.add_trace(go.Heatmap(z=np.zeros((ny, nx)), colorscale="Viridis", colorbar=dict(len=0.9, thickness=12, xanchor="left", title=dict(text="", side="right")),
+        fig.add_trace(go.Heatmap(z=np.zeros((ny, nx)), colorscale="Viridis", colorbar=dict(orientation="h", len=0.36, thickness=10, xanchor="center", y=-0.1, yanchor="top", title=dict(text="", side="top")),
                                  hovertemplate="x %{x}, y %{y}<br>%{z:.4g}<br>68%: %{customdata[0]:.4g} .. %{customdata[1]:.4g}<extra></extra>"), 1, 1)
         fig.add_trace(go.Heatmap(z=_json_grid(np.full((ny, nx), np.nan)), colorscale=[[0, "rgba(255,255,255,0.55)"], [1, "rgba(255,255,255,0.55)"]],
                                  showscale=False, hoverinfo="skip", name="selection"), 1, 1)
@@ -436,9 +436,9 @@ class SIExplorer(Panel):
         fig.update_yaxes(title_text="counts", row=2, col=2)
         fig.update_xaxes(range=list(self.e_range), row=1, col=2)
         fig.update_xaxes(range=[max(0.0, self.e_range[0]), self.e_range[1]], title_text="energy loss (eV)", matches="x2", row=2, col=2)
-        fig.update_layout(width=width, height=height, margin=dict(l=50, r=20, t=60, b=50), hovermode="closest",
-                          legend=dict(orientation="h", x=0.5, y=-0.12, font=dict(size=10)))
-        fig.update_traces(colorbar_x=fig.layout.xaxis.domain[1] + 0.01, selector=dict(type="heatmap", showscale=None))
+        fig.update_layout(width=width, height=height, margin=dict(l=50, r=20, t=60, b=120), hovermode="closest",
+                          legend=dict(orientation="h", x=sum(fig.layout.xaxis2.domain) / 2, xanchor="center", y=-0.24, yanchor="top", font=dict(size=10)))
+        fig.update_traces(colorbar_x=sum(fig.layout.xaxis.domain) / 2, selector=dict(type="heatmap", showscale=None))   # below the map
         super().__init__(fig, controls, SIExplorer._draw, title="SI explorer", controls_box=box)
         self.figure.data[0].on_click(self._on_click)
 

@@ -3,9 +3,12 @@
 The notebook `tests/browser/panels.ipynb` is opened and run; every code cell whose first line is
 `# browser-panel: {...}` is a panel, and that JSON says what to do with it (see the notebook's first cell). For each panel the test waits for
 its figures to render, moves a slider and/or clicks the heatmap, and checks that the figure's pixels and data
-changed and that the change reached Python. The browser console must show no errors. Screenshots stay in
+changed and that the change reached Python. Before and after each interaction every line trace must still have its
+x in the browser (plotly.js's own data), and a declared `x_range` must hold: the conditions panel once drew its
+energies over trace indices. The browser console must show no errors. Screenshots stay in
 `browser_screenshots/` (or $EELSNB_SCREENSHOTS): `<panel>_0_rendered.png`, `<panel>_1_slider.png`,
-`<panel>_2_click.png`, each change with a `_diff.png` (changed pixels in magenta), and `notebook.png`.
+`<panel>_2_click.png`, each change with a `_diff.png` (changed pixels in magenta), and `notebook.png`; the time from
+a click to new figure data in the browser goes to `<panel>_click_latency.txt`.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`) and the `playwright` Python package; without them the
 test fails with that reason, it is not skipped.
@@ -106,6 +109,10 @@ def test_panel_renders(session, name):
     for x0, y0, x1, y1 in boxes:  # a drawn figure, not a blank box
         assert x1 - x0 > 100 and y1 - y0 > 100, boxes
         assert len(np.unique(img[y0:y1, x0:x1].reshape(-1, 3), axis=0)) > 10
+    assert not (lost := h.lost_x(session.page, name)), f'{name}: traces (figure, trace) {lost} have no x in the browser (drawn over indices)'
+    for axis, (lo, hi) in PANELS[name].get('x_range', {}).items():
+        r = h.axis_range(session.page, name, axis)
+        assert r and lo <= r[0] < r[1] <= hi, f'{name}: {axis} drawn over {r}, expected within [{lo}, {hi}]'
 
 
 def _state(session, name):
@@ -128,6 +135,10 @@ def _check_figure_changed(session, name, before_img, before_data, step, what):
     assert max(changed) > 0, f'{name}: no figure pixel changed after {what} (per figure: {changed}); see {path}'
     after_data = h.figure_data(session.page, name)
     assert after_data != before_data, f'{name}: the figures\' data did not change after {what}'
+    assert not (lost := h.lost_x(session.page, name)), f'{name}: after {what}, traces {lost} lost their x in the browser'
+    for axis, (lo, hi) in PANELS[name].get('x_range', {}).items():
+        r = h.axis_range(session.page, name, axis)
+        assert r and lo <= r[0] < r[1] <= hi, f'{name}: after {what}, {axis} drawn over {r}, expected within [{lo}, {hi}]'
     return changed
 
 
@@ -151,14 +162,18 @@ def test_click_on_map_updates(session, name):
     h.wait_rendered(page, name)
     img, _ = h.panel_shot(page, name, SHOTS / f'{name}_2_click_before.png')
     data, state, texts = h.figure_data(page, name), _state(session, name), h.panel_texts(page, name)
-    h.click_heatmap(page, name)
+    *_, t_click = h.click_heatmap(page, name)
+    latency = h.wait_data_change(page, name, data, t_click)
+    assert latency is not None, f'{name}: the figures\' data did not change within 10 s of the click'
     changed = _check_figure_changed(session, name, img, data, '2_click', 'the click on the map')
     now = _wait_state_change(session, name, state)
     assert now != state, f'{name}: Python state {PANELS[name]["state"]} still {state} after the click: on_click not reached'
     if PANELS[name].get('readout'):
         new_texts = h.panel_texts(page, name)
         assert new_texts != texts, f'{name}: no Label/HTML text changed after the click ({texts})'
-    print(f'{name}: click, figure pixels changed {np.round(changed, 4)}, state {state} -> {now}')
+    print(f'{name}: click, figure data changed {1e3 * latency:.0f} ms after the click (browser -> kernel -> browser), '
+          f'figure pixels changed {np.round(changed, 4)}, state {state} -> {now}')
+    (SHOTS / f'{name}_click_latency.txt').write_text(f'{1e3 * latency:.0f} ms from click to new figure data in the browser\n')
 
 
 def test_no_console_errors(session):

@@ -57,7 +57,8 @@ PANEL_MARK = '# browser-panel:'
 
 def panel_spec(source:str) -> dict|None:
     """The JSON after `# browser-panel:` on the first line of a cell's source, or None if the cell is no panel.
-    Keys: name (str, required), slider, click, readout (bool), state (a Python expression, evaluated in the kernel)."""
+    Keys: name (str, required), slider, click, readout (bool), state (a Python expression, evaluated in the kernel),
+    x_range ({axis: [lo, hi]}: the first figure's drawn range must lie within)."""
     first = source.lstrip().split('\n', 1)[0]
     if not first.startswith(PANEL_MARK): return None
     try: spec = json.loads(first[len(PANEL_MARK):])
@@ -199,12 +200,12 @@ JS_WAIT_NOTEBOOK = """async (name) => {
   return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
 }"""
 
-JS_RUN_ALL = """async () => {
+JS_RUN_ALL = """async (timeout_ms) => {
   const app = window.jupyterapp;
   const ok = await app.commands.execute('notebook:run-all-cells');
   const nb = app.shell.currentWidget;
   // wait for the kernel to go idle after the last cell
-  for (let i = 0; i < 600 && nb.sessionContext.session.kernel.status !== 'idle'; i++) await new Promise(r => setTimeout(r, 100));
+  for (let t = 0; t < timeout_ms && nb.sessionContext.session.kernel.status !== 'idle'; t += 100) await new Promise(r => setTimeout(r, 100));
   return ok;
 }"""
 
@@ -241,8 +242,9 @@ JS_KERNEL_EVAL = """async (code) => {
 }"""
 
 
-def open_notebook(page, lab:JupyterLab, notebook:str, timeout:float=120.) -> list[dict]:
-    "Open `notebook` (relative to the server root), run all cells, return the cells' summaries (see JS_CELLS)."
+def open_notebook(page, lab:JupyterLab, notebook:str, timeout:float=120., run_timeout:float=300.) -> list[dict]:
+    """Open `notebook` (relative to the server root), run all cells (waiting up to `run_timeout` s for the kernel to go
+    idle: the panel cells train small ensembles, slow on a busy machine), return the cells' summaries (see JS_CELLS)."""
     page.goto(lab.url(notebook), wait_until='domcontentloaded', timeout=timeout * 1000)
     page.wait_for_function('() => window.jupyterapp && window.jupyterapp.started !== undefined', timeout=timeout * 1000)
     t0 = time.monotonic()
@@ -250,7 +252,7 @@ def open_notebook(page, lab:JupyterLab, notebook:str, timeout:float=120.) -> lis
         if time.monotonic() - t0 > timeout: raise TimeoutError(f'{notebook}: no idle kernel after {timeout:.0f} s')
         time.sleep(0.25)
     page.add_style_tag(content=HIDE_MOUSE_FOLLOWERS)
-    page.evaluate(JS_RUN_ALL)
+    page.evaluate(JS_RUN_ALL, run_timeout * 1000)
     return page.evaluate(JS_CELLS)
 
 
@@ -346,6 +348,27 @@ def figure_data(page, name:str) -> list[int]:
         return h; })""")
 
 
+def lost_x(page, name:str) -> list[tuple[int, int]]:
+    """(figure, trace) of the panel's line traces whose `y` holds points but whose `x` plotly.js does not have:
+    drawn over their indices. (A FigureWidget batch update once reset `x` of the traces it did not give an `x`.)"""
+    return [tuple(v) for v in panel(page, name).locator('.js-plotly-plot').evaluate_all("""els => els.flatMap((el, i) =>
+        (el.data || []).map((t, j) => [i, j, t]).filter(([i, j, t]) => (t.type === undefined || t.type === 'scatter')
+            && t.y && t.y.length > 1 && (t.x === undefined || t.x === null)).map(([i, j]) => [i, j]))""")]
+
+
+def axis_range(page, name:str, axis:str='xaxis', plot:int=0) -> list[float]:
+    "The range plotly.js drew on `axis` of the panel's figure number `plot`."
+    return panel(page, name).locator('.js-plotly-plot').nth(plot).evaluate('(el, a) => el._fullLayout[a] && el._fullLayout[a].range', axis)
+
+
+def wait_data_change(page, name:str, before:list[int], since:float, timeout:float=10.) -> float|None:
+    "Seconds from `since` (time.monotonic()) until the panel's figure data differ from `before`; None if they never do."
+    while time.monotonic() - since < timeout:
+        if figure_data(page, name) != before: return time.monotonic() - since
+        time.sleep(0.02)
+    return None
+
+
 def panel_texts(page, name:str) -> list[str]:
     "Texts of the panel's Label and HTML widgets."
     return panel(page, name).locator('.widget-label, .widget-html-content').all_inner_texts()
@@ -362,10 +385,11 @@ def move_slider(page, name:str, presses:int=3) -> tuple[str, str]:
     return before, readout.inner_text()
 
 
-def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:float=5.) -> tuple[float, float]:
+def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:float=5.) -> tuple[float, float, float]:
     """Click inside the plot area of the panel's first heatmap at fractions (fx, fy) of its width/height from the
-    top left; return the page coordinates clicked. Plotly turns a click into a point only if it has hovered that
-    point first, so the mouse moves there and waits (up to `hover_timeout`) until plotly holds hover data."""
+    top left; return the page coordinates clicked and the time of the click (time.monotonic()). Plotly turns a click
+    into a point only if it has hovered that point first, so the mouse moves there and waits (up to `hover_timeout`)
+    until plotly holds hover data."""
     plot = panel(page, name).locator('.js-plotly-plot', has=page.locator('.heatmaplayer .hm')).first
     if plot.count() == 0: raise LookupError(f'panel {name}: no heatmap found')
     plot.scroll_into_view_if_needed()
@@ -377,8 +401,9 @@ def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:floa
     while not plot.evaluate('el => !!(el._hoverdata && el._hoverdata.length)') and time.monotonic() - t0 < hover_timeout:
         time.sleep(0.05)
     page.mouse.click(x, y)
-    time.sleep(0.1); page.mouse.move(2, 2)  # leave the plot so that nothing follows the mouse in the screenshots
-    return x, y
+    t_click = time.monotonic()
+    page.mouse.move(2, 2)  # leave the plot so that nothing follows the mouse in the screenshots
+    return x, y, t_click
 
 
 def is_benign(text:str) -> bool: return any(p in text for p, _ in BENIGN_CONSOLE)
