@@ -298,7 +298,7 @@ ImageResults.load = classmethod(_load)
 
 # %% ../nbs/10_image.ipynb #abd014e8
 def torch_threads()->int:
-    "The intra-op threads torch uses (OMP_NUM_THREADS or the cores), the default number of chunk workers."
+    "The intra-op threads torch uses (OMP_NUM_THREADS or the cores): `analyse_image(workers=None)` uses as many chunk workers. (The default is 1: on the shared 2-core test machine two workers took more CPU and wall time than one.)"
     import torch
     return max(1, int(torch.get_num_threads()))
 
@@ -317,7 +317,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                   chunk_pixels:int|None=None, # pixels per chunk; None: from max_memory
                   max_memory:float=2**30, # bytes for one chunk's replicas (ZLP, inelastic, fits)
                   progress:bool=True, # progress bars (training and chunks)
-                  workers:int|None=None, # chunks analysed at once (threads; each holds its chunk's replicas); None: torch's thread count
+                  workers:int|None=1, # chunks analysed at once (threads; each holds its chunk's replicas); None: torch's thread count
                   clusters=None, # precomputed Clusters (or (ny, nx) labels); None: cluster_thickness
                   dE1=None, dE2=None, # training window per cluster (eV); None: from the data
                   window=None, # band-gap window (e_lo, e_hi) eV; None: automatic, varied per replica
