@@ -75,6 +75,25 @@ def write_si(ny, nx, tile, path):
     return time.perf_counter() - t
 
 
+def plot(rows, path):
+    "Log-log figure: cost versus spectra (scale rows) and versus replicas (replica rows)."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, mk in (("serial", "o-"), ("dask", "s--")):
+        rr = sorted((r for r in rows if r["row"] == "scale" and r["mode"] == mode), key=lambda r: r["spectra"])
+        if rr:
+            ax[0].loglog([r["spectra"] for r in rr], [r["seconds"] for r in rr], mk, label=f"{mode}: total")
+            ax[0].loglog([r["spectra"] for r in rr], [r["stages"]["pass2"] for r in rr], mk, alpha=0.5, label=f"{mode}: pass 2")
+    ax[0].set_xlabel("spectra"); ax[0].set_ylabel("seconds"); ax[0].set_title("thickness analysis, 100 replicas"); ax[0].legend()
+    rr = sorted((r for r in rows if r["row"] == "replicas"), key=lambda r: r["replicas"])
+    if rr:
+        ax[1].loglog([r["replicas"] for r in rr], [r["seconds"] for r in rr], "o-", label="total (training included)")
+        ax[1].loglog([r["replicas"] for r in rr], [r["stages"]["pass2"] for r in rr], "s--", label="pass 2 (maps)")
+        ax[1].set_xlabel("replicas"); ax[1].set_ylabel("seconds"); ax[1].set_title(f"full analysis, {rr[0]['spectra']} spectra"); ax[1].legend()
+    fig.tight_layout(); fig.savefig(path, dpi=100)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316], help="square scans (pixels per side)")
@@ -88,7 +107,11 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--model", default=None, help="a trained model (or run) directory for the scale rows (no training)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    ap.add_argument("--replot", nargs="*", default=None, help="only redraw the plot from files of JSON lines printed earlier")
     a = ap.parse_args(argv)
+    if a.replot:
+        rows = [json.loads(l) for f in a.replot for l in open(f) if l.startswith('{"row"')]
+        plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot)))); return rows
     if a.quick: a.sizes, a.dask_sizes, a.full_size, a.replicas, a.epochs, a.tile = [48], [48], 24, [10, 20], 60, 24
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="si_scale-"))
     wd.mkdir(parents=True, exist_ok=True)
@@ -124,23 +147,7 @@ def main(argv=None):
                        spectra_per_s=round(n / r["seconds"], 1), spectra_per_s_pass2=round(n / r["stages"]["pass2"], 1),
                        peak_rss_gib=round(r["peak_rss"] / 2**30, 3), grid_nodes=r["grid_nodes"], chunk_pixels=r["chunk_pixels"])
             print(json.dumps(row), flush=True); rows.append(row)
-    if a.plot and rows:
-        import matplotlib; matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-        for mode, mk in (("serial", "o-"), ("dask", "s--")):
-            rr = [r for r in rows if r["row"] == "scale" and r["mode"] == mode]
-            if rr:
-                ax[0].loglog([r["spectra"] for r in rr], [r["seconds"] for r in rr], mk, label=f"{mode}: total")
-                ax[0].loglog([r["spectra"] for r in rr], [r["stages"]["pass2"] for r in rr], mk, alpha=0.5, label=f"{mode}: pass 2")
-        ax[0].set_xlabel("spectra"); ax[0].set_ylabel("seconds"); ax[0].set_title("thickness analysis, 100 replicas"); ax[0].legend()
-        rr = [r for r in rows if r["row"] == "replicas"]
-        if rr:
-            ax[1].loglog([r["replicas"] for r in rr], [r["seconds"] for r in rr], "o-", label="total (training included)")
-            ax[1].loglog([r["replicas"] for r in rr], [r["stages"]["pass2"] for r in rr], "s--", label="pass 2 (maps)")
-            ax[1].set_xlabel("replicas"); ax[1].set_ylabel("seconds"); ax[1].set_title(f"full analysis, {rr[0]['spectra']} spectra"); ax[1].legend()
-        fig.tight_layout(); fig.savefig(a.plot, dpi=100)
-        print(json.dumps(dict(plot=str(a.plot))))
+    if a.plot and rows: plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot))))
     return rows
 
 
