@@ -590,7 +590,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  jitter:bool=None, # vary the window per replica (default: True for automatic, False for a given window)
                  level=(0.05, 0.8), # automatic e_hi: fraction of the first maximum, drawn log-uniformly per replica
                  margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica ...
-                 margin_fwhm=(1.0, 2.0), # ... plus this many ZLP FWHM (drawn with the same uniform number)
+                 margin_fwhm=(0.0, 0.0), # ... plus this many ZLP FWHM (drawn with the same uniform number); (1, 2) reaches lower
                  min_span:float=None, # automatic e_hi at least this far (eV) above the onset; None: the ZLP's FWHM (0.3 without)
                  extend:float=None, # refit once with e_hi + extend (eV) where the gap lands on the window's top; None: min_span
                  edge_jitter:float=0.1, # given window with jitter=True: each edge moves uniformly by up to this (eV)

@@ -556,6 +556,9 @@ def _si_source(si, energy=None)->tuple:
     if data.shape[-1] != len(e):
         raise ValueError(f"si: the last axis has {data.shape[-1]} channels but the energy axis has {len(e)}; energy "
                          "must be the last axis.")
+    # energies to 1e-9 eV: the same axis given as a signal's offset + scale * i and as an array (linspace) then agrees
+    # to the bit, so that both give the same conditions, ZLPs and fits
+    e = np.round(np.asarray(e, float), 9)
     return data.reshape(-1, len(e)), tuple(data.shape[:-1]), e, nav, title
 
 def _read(flat, a:int, b:int, e, name="si")->np.ndarray:
