@@ -15,7 +15,7 @@ import eelsnb
 # %% auto #0
 __all__ = ['RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line', 'quiet_loaders', 'load_spectra',
            'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html', 'normal_modes', 'write_report',
-           'run_spectra', 'run_image', 'demo_files', 'run_demo', 'main']
+           'run_spectra', 'run_image', 'run_image_large', 'demo_files', 'run_demo', 'main']
 
 # %% ../nbs/13_cli.ipynb #221a8e8f
 def _whole(lo:int, what:str):
@@ -131,6 +131,14 @@ def build_parser()->argparse.ArgumentParser:
                    help="thickness clusters the training pixels are drawn from (default: %(default)s)")
     g.add_argument("--max-memory", type=_whole(16, "MiB"), default=1024, metavar="MIB",
                    help="memory budget of one chunk of pixels during the subtraction (MiB) (default: %(default)s)")
+    g = ip.add_argument_group("large SIs (eelsnb.large: lazy, resumable, distributed)")
+    g.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="run the map chunks on dask.distributed: 'local' (a LocalCluster on this machine) or the "
+                        "address of a running scheduler (tcp://host:port). With a scheduler, a .zspy SI_FILE or an "
+                        "SI above 1 GiB, the large-SI pipeline runs: the SI is read block by block, DIR is also its "
+                        "work directory, and the same command resumes a killed run (default: none, in this process)")
+    g.add_argument("--workers", type=_whole(1, "workers"), default=2, metavar="N",
+                   help="worker processes of --scheduler local (default: %(default)s)")
     _add_training(ip); _add_output(ip)
     ip.set_defaults(run=run_image)
 
@@ -441,11 +449,19 @@ def run_image(args, log:Progress|None=None)->Path:
     "The `image` command: load the SI, analyse (`eelsnb.image.analyse_image`), save maps and report."
     from eelsnb.io import TEXT_SUFFIXES, load
     log = log or Progress(getattr(args, "quiet", False))
-    out = check_out_dir(args.out, args.overwrite)
     path = Path(args.si)
     if path.suffix.lower() in TEXT_SUFFIXES:
         raise ValueError(f"SI_FILE {path.name}: plain-text files hold spectra, not spectral images; save the SI as "
                          ".hspy or .zspy (eelsnb.io.save), or use `eelsnb spectra`.")
+    if path.exists():                         # a .zspy is a directory
+        from eelsnb.large import wants_large
+        try:
+            with quiet_loaders(): large = wants_large(path, args.scheduler)
+        except Exception: large = args.scheduler is not None   # unreadable: the loader below (or open_si) says why
+        if large: return run_image_large(args, path, log)
+    elif args.scheduler is not None:
+        raise ValueError(f"SI_FILE {path}: no such file.")
+    out = check_out_dir(args.out, args.overwrite)
     log(f"loading {path}")
     with quiet_loaders(): si = load(path, lazy=True)
     nav = si.axes_manager.navigation_shape[::-1]
@@ -461,6 +477,27 @@ def run_image(args, log:Progress|None=None)->Path:
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory)
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
+    if not args.quiet:
+        for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
+    return out
+
+def run_image_large(args, path:Path, log:Progress)->Path:
+    "`image` through `eelsnb.large.analyse_large`: DIR is the run's work directory; the same command resumes it."
+    from eelsnb.large import analyse_large
+    out = Path(args.out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a directory.")
+    log(f"large-SI pipeline into {out} (lazy, resumable" + (f", scheduler {args.scheduler}, {args.workers} workers)"
+                                                           if args.scheduler else ")"))
+    with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
+        res = analyse_large(path, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
+                            seed=args.seed, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
+                            max_memory=int(args.max_memory) * 2**20, progress=not args.quiet)
+    info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
+                replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
+                scheduler=args.scheduler, workers=args.workers)
+    write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
+    normal_modes(out)                        # results.json, maps, report: readable like any other output
+    log(f"done: open {out / REPORT_FILE}")
     if not args.quiet:
         for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
     return out

@@ -299,3 +299,28 @@ def test_dm3_dm4_msa_in_one_run(capsys, tmp_path):
     assert [s["file"] for s in d["samples"]] == ["s14.dm4", "s15.msa"]
     for s in d["samples"]: check_summary(s["t_over_lambda"], "t_over_lambda")
     assert "s14.dm4: band gap" in stdout and "s15.msa: band gap" in stdout
+
+
+def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path):
+    "A .zspy SI runs through eelsnb.large (lazy, resumable): maps and results written; the same command again resumes."
+    from eelsnb.synthetic import synthetic_si
+    si = synthetic_si(shape=(12, 16), n_terraces=2, band_gaps=(1.5,), seed=4)
+    f = save(to_signal(si.counts.astype(np.float32), si.energy), tmp_path / "si.zspy")
+    out = tmp_path / "big"
+    argv = ["image", f, "--clusters", "2", "--replicas", "4", "--epochs", "300", "--out", out]
+    rc, stdout, err = run(capsys, argv)
+    assert rc == 0, err[-3000:]
+    assert "large-SI pipeline" in err
+    d = json.loads((out / "results.json").read_text())
+    flat = dict(cli._summaries(d))
+    assert any(n.split(".")[0] == "t_over_lambda" or n.endswith("t_over_lambda") for n in flat), sorted(flat)
+    maps = {p.name for p in (out / "maps").iterdir()}
+    assert "quality.zspy" in maps and "t_over_lambda.zspy" in maps, sorted(maps)
+    check_report(out / "report.html")
+    assert oct((out / "results.json").stat().st_mode & 0o777) != oct(0o600)
+    before = (out / "results.json").read_text()
+    rc, _, err = run(capsys, argv)                           # the same command: the finished run is resumed, not redone
+    assert rc == 0, err[-3000:]
+    assert json.loads((out / "results.json").read_text())["maps"] == json.loads(before)["maps"]
+    rc, _, err = run(capsys, ["image", tmp_path / "nope.zspy", "--scheduler", "local", "--out", tmp_path / "x"])
+    assert_one_line_error(rc, err, "nope.zspy", "no such file")
