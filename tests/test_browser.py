@@ -162,16 +162,20 @@ def test_click_on_map_updates(session, name):
     h.wait_rendered(page, name)
     img, _ = h.panel_shot(page, name, SHOTS / f'{name}_2_click_before.png')
     data, state, texts = h.figure_data(page, name), _state(session, name), h.panel_texts(page, name)
-    *_, t_click = h.click_heatmap(page, name)
-    latency = h.wait_data_change(page, name, data, t_click)
-    assert latency is not None, f'{name}: the figures\' data did not change within 10 s of the click'
+    # plotly turns a click into a point only after a hover event; in headless Chromium that hover is occasionally
+    # lost (about 1 run in 5 here), so a second click elsewhere on the map is allowed (each waits 10 s)
+    for attempt, (fx, fy) in enumerate([(0.7, 0.3), (0.55, 0.45)], 1):
+        *_, t_click = h.click_heatmap(page, name, fx=fx, fy=fy)
+        latency = h.wait_data_change(page, name, data, t_click)
+        if latency is not None: break
+    assert latency is not None, f'{name}: the figures\' data did not change within 10 s of either of 2 clicks'
     changed = _check_figure_changed(session, name, img, data, '2_click', 'the click on the map')
     now = _wait_state_change(session, name, state)
     assert now != state, f'{name}: Python state {PANELS[name]["state"]} still {state} after the click: on_click not reached'
     if PANELS[name].get('readout'):
         new_texts = h.panel_texts(page, name)
         assert new_texts != texts, f'{name}: no Label/HTML text changed after the click ({texts})'
-    print(f'{name}: click, figure data changed {1e3 * latency:.0f} ms after the click (browser -> kernel -> browser), '
+    print(f'{name}: click {attempt}, figure data changed {1e3 * latency:.0f} ms after it (browser -> kernel -> browser), '
           f'figure pixels changed {np.round(changed, 4)}, state {state} -> {now}')
     (SHOTS / f'{name}_click_latency.txt').write_text(f'{1e3 * latency:.0f} ms from click to new figure data in the browser\n')
 
