@@ -102,6 +102,39 @@ def _replica_stats(xr, min_rep=5, block=256):
     return med, np.maximum(noise, floor)
 
 # %% ../nbs/07_bandgap.ipynb #3387ca3f
+def _splitmix(x):
+    "splitmix64 finaliser of uint64 arrays (wrapping arithmetic)."
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+def _seed_int(seed)->int:
+    "An int seed, or 63 bits drawn from a numpy Generator."
+    if isinstance(seed, np.random.Generator): return int(seed.integers(2 ** 63))
+    try: return int(np.random.SeedSequence(seed).generate_state(2, np.uint64)[0])
+    except (TypeError, ValueError) as err: raise ValueError(f"seed: expected an int or a numpy Generator, got {seed!r}.") from err
+
+def _pixel_keys(pixel_seeds, shape)->np.ndarray:
+    "Flat uint64 keys of the pixels: `pixel_seeds` (pixel shape) or the flat index."
+    P = int(np.prod(shape))
+    if pixel_seeds is None: return np.arange(P, dtype=np.uint64)
+    k = np.asarray(pixel_seeds)
+    if not np.issubdtype(k.dtype, np.integer) or k.size != P or np.any(k < 0):
+        raise ValueError(f"pixel_seeds: expected {P} non-negative integers (one per pixel, shape {tuple(shape)}), "
+                         f"got dtype {k.dtype}, size {k.size}.")
+    return k.reshape(-1).astype(np.uint64)
+
+def _keyed_uniform(seed, keys, n_rep:int, n_draw:int)->np.ndarray:
+    "Uniform [0, 1) draws (n_draw, n_rep, P), each a function of (seed, key, replica, draw) alone."
+    h = _splitmix(_splitmix(np.uint64(_seed_int(seed))) ^ keys)                       # (P,)
+    ctr = np.arange(n_draw * n_rep, dtype=np.uint64).reshape(n_draw, n_rep, 1)
+    with np.errstate(over="ignore"): x = _splitmix(h[None, None] + ctr * np.uint64(0xD1B54A32D192ED03))
+    return (x >> np.uint64(11)).astype(float) * 2.0 ** -53
+
+# %% ../nbs/07_bandgap.ipynb #ac489054
 @dataclass
 class OnsetWindow:
     "Onset window per spectrum/pixel from the replica median; iterates as `(e_lo, e_hi)`."
@@ -120,18 +153,19 @@ class OnsetWindow:
                         level=(0.05, 0.8), # range of `level`, drawn log-uniformly per replica and pixel
                         margin=(0.15, 0.45), # range of `margin` (eV), drawn uniformly; (low, high) may be arrays of the pixel shape
                         seed=0, # int or numpy Generator
+                        pixel_seeds=None, # per-pixel keys of the draws (pixel shape); None: the flat pixel index
                        )->np.ndarray: # windows (n_rep, ..., 2): (e_lo, e_hi) in eV
         "Windows per replica: `level` and `margin` drawn at random (seeded), so the window's systematic enters the spread."
-        rng = np.random.default_rng(seed)
         shape = np.shape(self.onset)
+        u = _keyed_uniform(seed, _pixel_keys(pixel_seeds, shape), n_rep, 2).reshape((2, n_rep) + shape)
         l0, l1 = _pair(level, "level")
         if l0 <= 0 or l1 > 1: raise ValueError(f"level: fractions of the first maximum must lie in (0, 1], got {level!r}.")
-        lev = np.exp(rng.uniform(np.log(l0), np.log(l1), size=(n_rep,) + shape))
+        lev = np.exp(np.log(l0) + (np.log(l1) - np.log(l0)) * u[0])
         if isinstance(margin, tuple) and len(margin) == 2 and np.ndim(margin[0]) > 0:   # per-pixel ranges
             m0, m1 = (np.broadcast_to(np.asarray(m, float), shape) for m in margin)
             if np.any(m0 > m1) or np.any(m0 < 0): raise ValueError("margin: need 0 <= low <= high for every pixel.")
         else: m0, m1 = _pair(margin, "margin")
-        mar = rng.uniform(m0, m1, size=(n_rep,) + shape)
+        mar = m0 + (np.asarray(m1) - np.asarray(m0)) * u[1]
         e = self._rise[0]
         e_hi = np.maximum(self._level_energy(lev), np.minimum(self.onset + self.min_span, e[-1]))
         return np.stack([np.maximum(self.onset - mar, e[0]), e_hi], -1)
@@ -603,6 +637,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  n_b:int=13, # grid points of a free exponent (geometric)
                  polish:int=6, # Levenberg-Marquardt steps after the grid
                  seed=0, # seed of the window jitter
+                 pixel_seeds=None, # per-pixel keys of the jitter draws (pixel shape; e.g. global pixel indices); None: flat index
                  edges:str="keep", # fits with the gap on a window edge or b on a bound: 'keep' (counted) or 'fail' (excluded)
                  chunk:int=8192, # fits per vectorised block (bounds the memory)
                  **onset_kw, # detection settings of `onset_window`: search (default (0.2, 10) eV, from 1 ZLP FWHM with `resolution`), z_min, run, smooth, drop, max_span
@@ -664,13 +699,15 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
         ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, **kw)
         jit = True if jitter is None else bool(jitter)
-        win = np.array(ow.replica_windows(R, lv, mg, seed) if jit else
+        win = np.array(ow.replica_windows(R, lv, mg, seed, pixel_seeds) if jit else
                        np.broadcast_to(np.stack([ow.e_lo, ow.e_hi], -1), (R,) + pix + (2,)), float).reshape(R, P, 2)
         reason[:, ~ow.found.reshape(P)] = 1
     else:
         ow, jit = None, bool(jitter)
         win = np.empty((R, P, 2)); win[..., 0], win[..., 1] = lo, hi
-        if jit: win = np.clip(win + np.random.default_rng(seed).uniform(-edge_jitter, edge_jitter, (R, P, 2)), max(ec[0], 1e-6), ec[-1])
+        if jit:
+            u = _keyed_uniform(seed, _pixel_keys(pixel_seeds, pix), R, 2).transpose(1, 2, 0)     # (R, P, 2)
+            win = np.clip(win + edge_jitter * (2 * u - 1), max(ec[0], 1e-6), ec[-1])
     i_lo = np.searchsorted(ec, win[..., 0])
     i_hi = np.searchsorted(ec, win[..., 1], "right")
     length = i_hi - i_lo
@@ -722,7 +759,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                     margin_fwhm=margin_fwhm, edges=edges,
                     min_span=min_span, extend=extend, edge_jitter=edge_jitter, min_points=min_points,
                     min_significance=min_significance, kernel_range=kernel_range, grid_step=grid_step, n_b=n_b,
-                    polish=polish, seed=seed, window=window, **kw)
+                    polish=polish, seed=seed, pixel_seeds=None if pixel_seeds is None else "given", window=window, **kw)
     return BandGapFit(out["band_gap"].reshape(shp), out["exponent"].reshape(shp), out["amplitude"].reshape(shp),
                       out["chi2"].reshape(shp), win.reshape(shp + (2,)), failed.reshape(shp), reason.reshape(shp), e,
                       onset=ow, kernels=kernels, kernel_energy=e_c, group=group, settings=settings)
