@@ -168,7 +168,8 @@ def test_click_on_map_updates(session, name):
         *_, t_click = h.click_heatmap(page, name, fx=fx, fy=fy)
         latency = h.wait_data_change(page, name, data, t_click)
         if latency is not None: break
-    assert latency is not None, f'{name}: the figures\' data did not change within 10 s of either of 2 clicks'
+    assert latency is not None, (f'{name}: the figures\' data did not change within 10 s of either of 2 clicks '
+                                 f'(last click: {h.LAST_CLICK})')
     changed = _check_figure_changed(session, name, img, data, '2_click', 'the click on the map')
     now = _wait_state_change(session, name, state)
     assert now != state, f'{name}: Python state {PANELS[name]["state"]} still {state} after the click: on_click not reached'

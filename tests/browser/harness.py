@@ -385,6 +385,9 @@ def move_slider(page, name:str, presses:int=3) -> tuple[str, str]:
     return before, readout.inner_text()
 
 
+LAST_CLICK: dict = {}   # what the last click_heatmap found: hover obtained, where it clicked (for failure messages)
+
+
 def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:float=5.) -> tuple[float, float, float]:
     """Click inside the plot area of the panel's first heatmap at fractions (fx, fy) of its width/height from the
     top left; return the page coordinates clicked and the time of the click (time.monotonic()). Plotly turns a click
@@ -395,11 +398,17 @@ def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:floa
     plot.scroll_into_view_if_needed()
     box = plot.locator('.nsewdrag').first.bounding_box()
     if box is None: raise RuntimeError(f'panel {name}: heatmap plot area not visible')
-    x, y = box['x'] + fx * box['width'], box['y'] + fy * box['height']
-    page.mouse.move(x - 5, y - 5); page.mouse.move(x, y, steps=3)
-    t0 = time.monotonic()
-    while not plot.evaluate('el => !!(el._hoverdata && el._hoverdata.length)') and time.monotonic() - t0 < hover_timeout:
-        time.sleep(0.05)
+    # plotly gives no hover (so no click) on an empty cell (NaN: a pixel without a valid fit): if the requested point
+    # is one, the next candidate away from the centre (where the panels' current pixel sits) is tried
+    candidates = [(fx, fy), (0.3, 0.3), (0.7, 0.7), (0.3, 0.7), (0.8, 0.5), (0.2, 0.5), (0.5, 0.2), (0.5, 0.8)]
+    for i, (cx, cy) in enumerate(candidates):
+        x, y = box['x'] + cx * box['width'], box['y'] + cy * box['height']
+        page.mouse.move(x - 5, y - 5); page.mouse.move(x, y, steps=3)
+        t0, wait = time.monotonic(), hover_timeout if i == 0 else 1.5
+        while not (hovered := plot.evaluate('el => !!(el._hoverdata && el._hoverdata.length)')) and time.monotonic() - t0 < wait:
+            time.sleep(0.05)
+        if hovered: break
+    LAST_CLICK.update(hovered=bool(hovered), candidate=(cx, cy), tried=i + 1)
     page.mouse.click(x, y)
     t_click = time.monotonic()
     page.mouse.move(2, 2)  # leave the plot so that nothing follows the mouse in the screenshots
