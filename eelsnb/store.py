@@ -19,6 +19,10 @@ def _fsync_dir(path:Path):
         finally: os.close(fd)
     except OSError: pass
 
+def _umask()->int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0o022); os.umask(m); return m
+
 def atomic_write_bytes(path, # destination file
                        data:bytes, # content
                       )->Path:
@@ -28,7 +32,9 @@ def atomic_write_bytes(path, # destination file
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+            f.write(data); f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())   # an ordinary file's mode, not mkstemp's private 0600
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
