@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .io import check_energy
 from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore
-from .quality import FLAGS, MASKING, find_saturated, find_dead_hot, find_bad_channels, _interpolate_channels, _predict
+from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, _predict
 from .bandgap import Summary, summarize
 from .physics import t_over_lambda, WS2_EXCITON_WINDOWS
 from .image import analyse_chunk, ImageResults, MAP_NAMES, _peak_names, jsonable
@@ -184,21 +184,7 @@ def block_quality(x:np.ndarray, # raw spectra of a block (m, n_E), NaN/inf allow
                  )->tuple: # (repaired (m, n_E) float64, flags (m,) uint16, repaired channels (m,), masked (m,), total (m,))
     "The per-spectrum tests of `check_quality` (all but dead/hot pixels and the bad-channel search) on one block."
     y = np.asarray(x, dtype=np.float64).copy()
-    m = len(y)
-    flags, masked = np.zeros(m, np.uint16), np.zeros(m, bool)
-    nonfin = ~np.isfinite(y)
-    n_nf = nonfin.sum(-1)
-    flags[n_nf > 0] |= FLAGS["nonfinite"]
-    masked_nf = n_nf > q["max_repair"]
-    fixable = (n_nf > 0) & ~masked_nf
-    y[masked_nf] = np.where(np.isfinite(y[masked_nf]), y[masked_nf], 0.0)
-    if fixable.any(): y[fixable] = _interpolate_channels(y[fixable], nonfin[fixable])
-    repaired = np.where(fixable, n_nf, 0)
-    tot = y.sum(-1)
-    empty = np.all(y == 0, axis=-1) & ~masked_nf
-    flags[empty] |= FLAGS["empty"]
-    flags[(tot <= 0) & ~empty & ~masked_nf] |= FLAGS["negative"]
-    flags[find_saturated(y, q["saturation"]) & ~empty] |= FLAGS["saturated"]
+    flags, masked_nf, repaired, tot, empty = spectrum_faults(y, q["max_repair"], q["saturation"])
     usable = ((flags & sum(FLAGS[k] for k in MASKING)) == 0) & ~masked_nf
     if bad_channels.any() and usable.any():
         y[usable] = _interpolate_channels(y[usable], np.broadcast_to(bad_channels, y[usable].shape))

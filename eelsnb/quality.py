@@ -9,7 +9,8 @@ import numpy as np
 from scipy import ndimage
 
 # %% auto #0
-__all__ = ['FLAGS', 'MASKING', 'find_spikes', 'find_bad_channels', 'find_saturated', 'find_dead_hot', 'Quality', 'check_quality']
+__all__ = ['FLAGS', 'MASKING', 'find_spikes', 'find_bad_channels', 'find_saturated', 'find_dead_hot', 'Quality',
+           'spectrum_faults', 'check_quality']
 
 # %% ../nbs/01a_quality.ipynb #eaacc3f5
 FLAGS = dict(nonfinite=1, empty=2, negative=4, saturated=8, dead=16, hot=32, spikes=64)
@@ -169,6 +170,29 @@ class Quality:
         return s
 
 # %% ../nbs/01a_quality.ipynb #658aaf4f
+def spectrum_faults(y:np.ndarray, # spectra (..., n_E) float64: NaN/inf channels repaired or zeroed IN PLACE
+                    max_repair:int=3, # at most this many NaN/inf channels are interpolated; more: the spectrum is masked
+                    saturation:float|None=None, # detector saturation level (counts); None: flat-top detection
+                   )->tuple: # (flags (...,) uint16, masked_nf (...,), repaired channels (...,), total (...,), empty (...,))
+    "The tests of one spectrum alone (NaN/inf, empty, negative, saturated): shared by `check_quality` and block-wise callers."
+    flags = np.zeros(y.shape[:-1], np.uint16)
+    # NaN / inf: interpolate a few channels, mask the rest
+    nonfin = ~np.isfinite(y)
+    n_nonfin = nonfin.sum(-1)
+    flags[n_nonfin > 0] |= FLAGS["nonfinite"]
+    masked_nf = n_nonfin > max_repair
+    fixable = (n_nonfin > 0) & ~masked_nf
+    y[masked_nf] = np.where(np.isfinite(y[masked_nf]), y[masked_nf], 0.0)
+    if fixable.any(): y[fixable] = _interpolate_channels(y[fixable], nonfin[fixable])
+    repaired = np.where(fixable, n_nonfin, 0)
+    # empty, negative, saturated
+    tot = y.sum(-1)
+    empty = np.all(y == 0, axis=-1) & ~masked_nf
+    flags[empty] |= FLAGS["empty"]
+    flags[(tot <= 0) & ~empty & ~masked_nf] |= FLAGS["negative"]
+    flags[find_saturated(y, saturation) & ~empty] |= FLAGS["saturated"]
+    return flags, masked_nf, repaired, tot, empty
+
 def check_quality(counts, # spectra (..., n_E) or an SI (ny, nx, n_E): array or hyperspy signal (NaN/inf allowed)
                   saturation:float|None=None, # detector saturation level (counts); None: flat-top detection
                   max_repair:int=3, # at most this many NaN/inf channels are interpolated; more: the spectrum is masked
@@ -189,24 +213,8 @@ def check_quality(counts, # spectra (..., n_E) or an SI (ny, nx, n_E): array or 
     if x.ndim < 1 or x.shape[-1] < 8: raise ValueError(f"counts: expected spectra (..., n_E) with at least 8 channels, got shape {x.shape}.")
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
     pix, n_E = x.shape[:-1], x.shape[-1]
-    flags = np.zeros(pix, np.uint16)
     y = x.astype(np.float64, copy=True)
-    # NaN / inf: interpolate a few channels, mask the rest
-    nonfin = ~np.isfinite(y)
-    n_nonfin = nonfin.sum(-1)
-    flags[n_nonfin > 0] |= FLAGS["nonfinite"]
-    masked_nf = n_nonfin > max_repair
-    fixable = (n_nonfin > 0) & ~masked_nf
-    y[masked_nf] = np.where(np.isfinite(y[masked_nf]), y[masked_nf], 0.0)
-    if fixable.any(): y[fixable] = _interpolate_channels(y[fixable], nonfin[fixable])
-    repaired = np.where(fixable, n_nonfin, 0)
-    # empty, negative, saturated
-    tot = y.sum(-1)
-    empty = np.all(y == 0, axis=-1) & ~masked_nf
-    flags[empty] |= FLAGS["empty"]
-    flags[(tot <= 0) & ~empty & ~masked_nf] |= FLAGS["negative"]
-    sat = find_saturated(y, saturation) & ~empty
-    flags[sat] |= FLAGS["saturated"]
+    flags, masked_nf, repaired, tot, empty = spectrum_faults(y, max_repair, saturation)
     # dead / hot pixels
     dead, hot = find_dead_hot(tot, dead_ratio, hot_ratio) if y.ndim in (2, 3) else (np.zeros(pix, bool),) * 2
     flags[dead & ~empty] |= FLAGS["dead"]; flags[hot] |= FLAGS["hot"]
