@@ -13,15 +13,15 @@ from tqdm.auto import tqdm
 
 from .io import check_energy
 from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore
-from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, _predict
+from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import t_over_lambda, WS2_EXCITON_WINDOWS
 from .image import analyse_chunk, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
-__all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'find_spikes_fast',
-           'block_quality', 'map_names', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block', 'pass2_block',
-           'analyse_large', 'wants_large', 'load_large']
+__all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'block_quality',
+           'map_names', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block', 'pass2_block', 'analyse_large',
+           'wants_large', 'load_large']
 
 # %% ../nbs/14_large.ipynb #555aa4c8
 @dataclass
@@ -131,49 +131,6 @@ def open_si(si, # path of a .zspy/.hspy/... file, a (lazy) hyperspy signal, a da
     return out
 
 # %% ../nbs/14_large.ipynb #6b7094ba
-def _running_median(xp:np.ndarray, w:int, n:int)->np.ndarray:
-    "Median of the w-channel windows of an edge-padded array xp (..., n + w - 1) -> (..., n) (w odd)."
-    v = np.lib.stride_tricks.sliding_window_view(xp, w, axis=-1)[..., :n, :]
-    return np.partition(v, w // 2, axis=-1)[..., w // 2]
-
-def _nanmedian_rows(a:np.ndarray)->np.ndarray:
-    "np.nanmedian(a, axis=-1, keepdims=True), vectorised (NaN sort to the end; mean of the middle pair)."
-    s = np.sort(a, axis=-1)
-    k = (~np.isnan(a)).sum(-1, keepdims=True)
-    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0), -1); hi = np.take_along_axis(s, np.maximum(k // 2, 0), -1)
-    return np.where(k > 0, (lo + hi) / 2, np.nan)
-
-def find_spikes_fast(counts:np.ndarray, # spectra (..., n_E), finite
-                     k:float=10.0, rel:float=0.2, read_noise:float|None=None, passes:int=2, # as `eelsnb.quality.find_spikes`
-                    )->tuple: # (repaired counts, spike mask)
-    "`eelsnb.quality.find_spikes` with vectorised running medians (same result, several times faster)."
-    x = np.array(counts, dtype=np.float64, copy=True)
-    spikes = np.zeros(x.shape, bool)
-    n = x.shape[-1]
-    pad = lambda a, h: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(h, h)], mode="edge")
-    for _ in range(int(passes)):
-        p = np.minimum(_predict(x), _predict(x, skip=True))
-        m5 = _running_median(pad(x, 2), 5, n)
-        ref = np.maximum(p, m5)
-        wide = _running_median(pad(x, 5), 11, n)
-        level = np.maximum(np.maximum(ref, wide), 0)
-        if read_noise is None:
-            d1 = x - _predict(x)
-            low = wide <= np.median(wide, axis=-1, keepdims=True)
-            dl = np.where(low, d1, np.nan)
-            rn = 1.4826 * _nanmedian_rows(np.abs(dl - _nanmedian_rows(dl))) / np.sqrt(1 + 34 / 36)
-            rn = np.maximum(rn, 1.0)
-        else: rn = read_noise
-        unit = np.sqrt(level + rn ** 2)
-        z = (x - ref) / unit
-        z1 = (x - _predict(x)) / unit
-        scale = 1.4826 * np.median(np.abs(z1 - np.median(z1, axis=-1, keepdims=True)), axis=-1, keepdims=True) / np.sqrt(1 + 34 / 36)
-        hit = (z > k * np.maximum(scale, 1e-3)) & (x - ref > rel * np.maximum(ref, rn))
-        x[hit] = p[hit]
-        if not hit.any(): break
-        spikes |= hit
-    return x, spikes
-
 QUALITY_DEFAULTS = dict(saturation=None, max_repair=3, spike_k=10.0, spike_rel=0.2, read_noise=None, dead_ratio=0.1,
                         hot_ratio=10.0, channel_tol=0.3, spikes=True)
 
@@ -192,7 +149,7 @@ def block_quality(x:np.ndarray, # raw spectra of a block (m, n_E), NaN/inf allow
         idx = np.flatnonzero(usable)
         for a in range(0, len(idx), sub):
             ii = idx[a:a + sub]
-            fixed, hit = find_spikes_fast(y[ii], k=q["spike_k"], rel=q["spike_rel"], read_noise=q["read_noise"])
+            fixed, hit = find_spikes(y[ii], k=q["spike_k"], rel=q["spike_rel"], read_noise=q["read_noise"])
             hit &= ~bad_channels
             nh = hit.sum(-1)
             yy = y[ii]; yy[hit] = fixed[hit]; y[ii] = yy

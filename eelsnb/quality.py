@@ -26,6 +26,18 @@ def _predict(x:np.ndarray, skip:bool=False)->np.ndarray:
     if not skip: return (-at(-2) + 4 * at(-1) + 4 * at(1) - at(2)) / 6.0
     return (9 * (at(-2) + at(2)) - 4 * (at(-3) + at(3))) / 10.0
 
+def _running_median(xp:np.ndarray, w:int, n:int)->np.ndarray:
+    "Median of the w-channel windows of an edge-padded array xp (..., n + w - 1) -> (..., n) (w odd)."
+    v = np.lib.stride_tricks.sliding_window_view(xp, w, axis=-1)[..., :n, :]
+    return np.partition(v, w // 2, axis=-1)[..., w // 2]
+
+def _nanmedian_rows(a:np.ndarray)->np.ndarray:
+    "np.nanmedian(a, axis=-1, keepdims=True), vectorised (NaN sort to the end; mean of the middle pair)."
+    s = np.sort(a, axis=-1)
+    k = (~np.isnan(a)).sum(-1, keepdims=True)
+    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0), -1); hi = np.take_along_axis(s, np.maximum(k // 2, 0), -1)
+    return np.where(k > 0, (lo + hi) / 2, np.nan)
+
 def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
                 k:float=10.0, # threshold in robust noise units
                 rel:float=0.2, # ... and at least this fraction above the local prediction
@@ -35,19 +47,19 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
     "Find single- and two-channel spikes far above the local quadratic of their neighbours; replace them by it."
     x = np.array(counts, dtype=np.float64, copy=True)
     spikes = np.zeros(x.shape, bool)
+    n = x.shape[-1]
+    pad = lambda a, h: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(h, h)], mode="edge")
     for _ in range(int(passes)):
         p = np.minimum(_predict(x), _predict(x, skip=True))
-        xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(2, 2)], mode="edge")
-        m5 = np.median(np.stack([xp[..., j:j + x.shape[-1]] for j in range(5)]), axis=0)
+        m5 = _running_median(pad(x, 2), 5, n)   # running medians by np.partition on sliding windows (no copies)
         ref = np.maximum(p, m5) # a spike's neighbour has p far below (the spike pulls it), never m5
-        xw = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(5, 5)], mode="edge")
-        wide = np.median(np.stack([xw[..., j:j + x.shape[-1]] for j in range(11)]), axis=0)
+        wide = _running_median(pad(x, 5), 11, n)
         level = np.maximum(np.maximum(ref, wide), 0)
         if read_noise is None: # noise floor: robust spread of the quadratic residual on the low-count half of each spectrum
             d1 = x - _predict(x)
             low = wide <= np.median(wide, axis=-1, keepdims=True)
             dl = np.where(low, d1, np.nan)
-            rn = 1.4826 * np.nanmedian(np.abs(dl - np.nanmedian(dl, axis=-1, keepdims=True)), axis=-1, keepdims=True) / np.sqrt(1 + 34 / 36)
+            rn = 1.4826 * _nanmedian_rows(np.abs(dl - _nanmedian_rows(dl))) / np.sqrt(1 + 34 / 36)
             rn = np.maximum(rn, 1.0)
         else: rn = read_noise
         unit = np.sqrt(level + rn ** 2)
