@@ -79,7 +79,7 @@ def open_si(si, # path of a .zspy/.hspy/... file, a (lazy) hyperspy signal, a da
             energy=None, # energy axis (eV), for arrays
            )->LazySI:
     "Open a spectral image without reading it; check file integrity, shape, dtype and energy axis up front."
-    from eelsnb.io import signal_energy
+    from eelsnb.io import signal_energy, load
     from eelsnb.subtract import _nav_axes
     if isinstance(si, LazySI): return si
     source = None
@@ -94,16 +94,7 @@ def open_si(si, # path of a .zspy/.hspy/... file, a (lazy) hyperspy signal, a da
                 name, got, want = missing[0]
                 raise ValueError(f"si: {p} is truncated: array {name} has {got} of its {want} chunks; the file was not "
                                  "written completely. Write it again (or copy it again) before analysing it.")
-        import hyperspy.api as hs
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s = hs.load(str(p), lazy=True)
-        except Exception as err:
-            raise ValueError(f"si: cannot read {p} ({type(err).__name__}: {err}); the file is truncated, corrupt or not a "
-                             "spectral image format hyperspy reads.") from None
-        if isinstance(s, list): raise ValueError(f"si: {p} holds {len(s)} signals; save the spectral image alone in a file.")
-        source, si = _file_record(p), s
+        source, si = _file_record(p), load(p, lazy=True)   # eelsnb.io.load: readable, one EELS signal, a checked eV axis
     if hasattr(si, "counts") and hasattr(si, "energy") and not hasattr(si, "axes_manager"): si, energy = si.counts, si.energy
     if hasattr(si, "axes_manager"):
         am = si.axes_manager
