@@ -172,6 +172,7 @@ def test_click_on_map_updates(session, name):
     for attempt, (fx, fy) in enumerate([(0.7, 0.3), (0.3, 0.75), (0.8, 0.8)], 1):   # none near the centre (current pixel)
         *_, t_click = h.click_heatmap(page, name, fx=fx, fy=fy)
         latency = h.wait_data_change(page, name, data, t_click)
+        print(f'{name}: click {attempt}: {dict(h.LAST_CLICK)}, data changed: {latency is not None}')
         if latency is not None: break
     assert latency is not None, (f'{name}: the figures\' data did not change within 10 s of any of 3 clicks '
                                  f'(last click: {h.LAST_CLICK})')

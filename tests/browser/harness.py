@@ -411,6 +411,9 @@ def click_heatmap(page, name:str, fx:float=0.7, fy:float=0.3, hover_timeout:floa
     LAST_CLICK.update(hovered=bool(hovered), candidate=(cx, cy), tried=i + 1)
     page.mouse.click(x, y)
     t_click = time.monotonic()
+    time.sleep(0.3)
+    after = plot.locator('.nsewdrag').first.bounding_box()
+    LAST_CLICK.update(moved=None if after is None else (round(after['x'] - box['x'], 1), round(after['y'] - box['y'], 1)))
     page.mouse.move(2, 2)  # leave the plot so that nothing follows the mouse in the screenshots
     return x, y, t_click
 
