@@ -236,7 +236,7 @@ def lazy_empty(shape:tuple, dtype=np.float32)->np.ndarray:
 def fast_log_zlp(ensemble, # a trained ZLPEnsemble
                  energy, # energy axis (eV), (n_E,)
                  values:dict, # condition name -> (k,) values
-                 chunk:int=2048, # points per forward block (cache-sized: 4x faster than 8192 here)
+                 chunk:int=512, # points per forward block (cache-sized: 1.3x faster than 2048 and 4x faster than 8192 here; the same values)
                 )->np.ndarray: # (n_rep, k, n_E) ln I, float64
     "`ensemble.predict(energy, values, log=True)` for condition vectors, faster on the CPU: numpy's vectorised tanh (5x faster than torch's here) in cache-sized blocks; the same networks, equal to float32 rounding."
     net = ensemble.net
@@ -382,8 +382,8 @@ class ConditionGrid:
         return self._rows(ids), w
 
     def interpolate(self, rows:np.ndarray, weights:np.ndarray, out=None, channels=None, log:bool=False,
-                    block:int|None=None, tmp=None)->np.ndarray:
-        "ln I (or I) (n_rep, m, n_E) from corner rows and weights; written into `out` (float32) when given."
+                    block:int|None=1, tmp=None)->np.ndarray:
+        "ln I (or I) (n_rep, m, n_E) from corner rows and weights; written into `out` (float32) when given; `block` replicas at a time (None: all; 1, the default, keeps the work in cache: 1.8x faster than 25 here)."
         R, m = self.n_rep, len(rows)
         G = self.store.tensor if channels is None else torch.from_numpy(np.ascontiguousarray(self.store.data[:, :self.store.n, channels]))
         nE = G.shape[-1]
@@ -492,7 +492,7 @@ def condition_grid(ensemble, # a trained ZLPEnsemble
     exact = None
     if len(chk):
         cv = {n: v[chk] for n, v in vals.items()}
-        exact = ensemble.predict(e, cv)                               # (R, n_check, n_E), once
+        exact = np.exp(fast_log_zlp(ensemble, e, cv))                 # (R, n_check, n_E), once (= predict to float32 rounding, 4x faster)
         spread = _spread(exact)                                       # and its spread, once for every refinement
     history, store = [], NodeStore(ensemble, e, names, max_nodes)
     for _ in range(12):
@@ -622,7 +622,7 @@ class ImageSubtraction:
             counts = _read(self.flat, a, b, self.energy)
             cond = {n: v[a:b] for n, v in self.conditions.items()}
             rows, w = self.grid.prepare(cond)
-            rb = max(1, math.ceil(R / 4))
+            rb = 1   # one replica at a time: its (m, n_E) slab and the gather buffer stay in the cache (1.8x faster than R/4)
             if self._tmp is None: self._tmp = np.empty(rb * m * nE, np.float32)   # gather buffer, always reused
             if self.reuse:   # flat buffers: the first R (b - a) n_E elements are a C-contiguous (R, b - a, n_E) array
                 if self._buf is None: self._buf = np.empty(R * m * nE, np.float32)
