@@ -33,7 +33,7 @@ def _peak_names(i:int)->tuple: return ("exciton_position", "exciton_width") if i
 def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   zlp, # (n_rep, m, n_E) ZLP replicas (counts)
                   energy, # energy axis (eV)
-                  inelastic=None, # (n_rep, m, n_E) float32 buffer for counts - zlp (None: allocated)
+                  inelastic=None, # (n_rep, m, n_E) float32 buffer for counts - zlp (None: allocated); only the analysed channels are written
                   window=None, # band-gap window (e_lo, e_hi) eV; None: automatic per pixel and replica
                   exponent=None, # None: free exponent; or fixed (0.5 direct, 1.5 indirect)
                   exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton; () for none
@@ -49,28 +49,31 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     R, m, nE = zlp.shape
     bkw = dict(bandgap_kw or {})
     out = {}
-    i0 = zlp.sum(-1, dtype=np.float64)                                    # (R, m) zero-loss intensity per replica
+    i0 = zlp.sum(-1).astype(np.float64)   # (R, m) zero-loss intensity per replica (pairwise float32 sum: 2e-7 relative, 3.5x faster)
     if not (np.all(np.isfinite(i0)) and np.all(i0 > 0)):                 # what t_over_lambda checks, on the sums
         raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
     tl = np.log(counts.sum(-1, dtype=np.float64)[None] / i0)             # t_over_lambda (log-ratio), sums computed once
     out["t_over_lambda"] = summarize(tl)
-    if inelastic is None: inelastic = np.empty((R, m, nE), np.float32)
-    np.subtract(counts[None], zlp, out=inelastic, casting="same_kind")
     # band gap: the search range plus the ZLP's kernel range around 0 eV
     kr = float(bkw.get("kernel_range", 3.0))
     search = bkw.get("search", (0.2, 10.0))
     hi = max(float(search[1]), float(window[1]) + 0.2 if window is not None else 0.0)
     cb = _crop(e, min(-kr, float(search[0])) - 2 * _step(e), hi + 2 * _step(e))
+    crops = [cb] + [_crop(e, w[0] - 3 * _step(e) - 2 * (exciton_smooth or 0), w[1] + 3 * _step(e) + 2 * (exciton_smooth or 0))
+                    for w in (exciton_windows or ())]
+    if plasmon_window is not None: crops.append(_crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5))
+    if inelastic is None: inelastic = np.empty((R, m, nE), np.float32)
+    used = slice(min(c.start for c in crops), max(c.stop for c in crops))   # only the channels analysed are subtracted
+    np.subtract(counts[None, :, used], zlp[..., used], out=inelastic[..., used], casting="same_kind")
     fit = fit_band_gap(inelastic[..., cb], e[cb], window=window, exponent=exponent, resolution=zlp[..., cb], seed=seed, **bkw)
     out["band_gap"], out["exponent"] = fit.summary("band_gap"), fit.summary("exponent")
     n_failed = fit.failed.sum(0)
-    for i, w in enumerate(exciton_windows or ()):
-        cs = _crop(e, w[0] - 3 * _step(e) - 2 * (exciton_smooth or 0), w[1] + 3 * _step(e) + 2 * (exciton_smooth or 0))
+    for i, (w, cs) in enumerate(zip(exciton_windows or (), crops[1:])):
         p = find_peaks(inelastic[..., cs], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0)
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
     if plasmon_window is not None:
-        cs = _crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5)
+        cs = crops[-1]
         p = find_peaks(inelastic[..., cs], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
                        min_height=plasmon_min_height * i0, chunk=4096)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
