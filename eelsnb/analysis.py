@@ -16,11 +16,12 @@ from .preprocess import align_zlp, find_dE1_dE2, zlp_window_counts, noise_level,
 from .replicas import training_set_from_spectra
 from .ensemble import ZLPEnsemble
 from .bandgap import BandGapFit, Summary, summarize, fit_band_gap
+from .onset import fit_onset_excitons
 from .physics import t_over_lambda, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
-__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'spectra_inputs', 'zlp_fwhm', 'relative_spread', 'spectra_sigma',
-           'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'SpectraResults', 'analyse_spectra']
+__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread',
+           'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'SpectraResults', 'analyse_spectra']
 
 # %% ../nbs/09_analysis.ipynb #5de00308
 def _step(e): return float((e[-1] - e[0]) / (len(e) - 1))
@@ -257,6 +258,9 @@ def _subtract(ensemble, counts, energy):
     return subtract(ensemble, counts, energy)
 
 RESULTS_FILE, MODEL_DIR, SPECTRA_DIR = "results.json", "model", "spectra"
+ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
+                "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
+                            "the ZLP (eelsnb.onset.fit_onset_excitons); band_gap_power/exponent_power: the power law"}
 
 @dataclass
 class SpectraResults:
@@ -279,25 +283,34 @@ class SpectraResults:
     fwhm: float = None            # ZLP FWHM (eV)
     settings: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    onset_model: str = "power"    # which model gave `band_gap_fit`: 'power' (eelsnb.bandgap) or 'excitons' (eelsnb.onset)
+    band_gap_fit_power: BandGapFit = None  # the power-law fit (the same object as `band_gap_fit` for 'power')
 
     @property
     def n_rep(self)->int: return self.subtraction.zlp.shape[0]
     @property
     def n_samples(self)->int: return len(self.names)
 
+    def _fit_of(self, name:str):
+        "The fit and quantity behind 'band_gap', 'exponent' (the chosen onset model) or 'band_gap_power', 'exponent_power'."
+        if name in ("band_gap", "exponent"): return self.band_gap_fit, name
+        if name in ("band_gap_power", "exponent_power"):
+            return (self.band_gap_fit_power if self.band_gap_fit_power is not None else self.band_gap_fit), name[:-6]
+        return None, None
+
     def summary(self, name:str="band_gap")->Summary:
-        "Median and 68% interval over replicas per sample of 'band_gap', 'exponent' or 't_over_lambda'."
-        if name in ("band_gap", "exponent"): return self.band_gap_fit.summary(name)
+        "Median and 68% interval over replicas per sample of 'band_gap', 'exponent', 't_over_lambda' (or 'band_gap_power', 'exponent_power')."
+        f, q = self._fit_of(name)
+        if f is not None: return f.summary(q)
         if name == "t_over_lambda": return summarize(self.t_over_lambda)
-        raise ValueError(f"name: expected 'band_gap', 'exponent' or 't_over_lambda', got {name!r}.")
+        raise ValueError(f"name: expected 'band_gap', 'exponent', 't_over_lambda', 'band_gap_power' or 'exponent_power', got {name!r}.")
 
     def pooled(self, name:str="band_gap")->Summary:
         "Median and 68% interval over all samples' replicas together (one number for the specimen)."
-        if name in ("band_gap", "exponent"):
-            f = self.band_gap_fit
-            return summarize(getattr(f, name).reshape(-1), ~f.failed.reshape(-1))
+        f, q = self._fit_of(name)
+        if f is not None: return summarize(getattr(f, q).reshape(-1), ~f.failed.reshape(-1))
         if name == "t_over_lambda": return summarize(self.t_over_lambda.reshape(-1))
-        raise ValueError(f"name: expected 'band_gap', 'exponent' or 't_over_lambda', got {name!r}.")
+        raise ValueError(f"name: expected 'band_gap', 'exponent', 't_over_lambda', 'band_gap_power' or 'exponent_power', got {name!r}.")
 
     def _peak_dict(self, p, i, name=None, window=None)->dict:
         d = {} if name is None else dict(name=name)
@@ -328,9 +341,15 @@ class SpectraResults:
                                 excitons=[self._peak_dict(p, i, nm, wd) for p, nm, wd in
                                           zip(self.excitons, self.exciton_names, self.exciton_windows)],
                                 plasmon=None if self.plasmon is None else self._peak_dict(self.plasmon, i)))
+            if self.onset_model != "power":
+                pw = self.band_gap_fit_power
+                samples[-1].update(band_gap_power=_q(pw.summary("band_gap"), i), exponent_power=_q(pw.summary("exponent"), i),
+                                   n_at_edge_power=int(pw.at_edge[:, i].sum()), n_failed_power=int(pw.failed[:, i].sum()))
         ens = self.ensemble
-        return dict(samples=samples,
-                    pooled={k: _q(self.pooled(k)) for k in ("band_gap", "exponent", "t_over_lambda")},
+        pooled = {k: _q(self.pooled(k)) for k in ("band_gap", "exponent", "t_over_lambda")}
+        if self.onset_model != "power": pooled.update({k: _q(self.pooled(k)) for k in ("band_gap_power", "exponent_power")})
+        return dict(onset_model=dict(name=self.onset_model, description=ONSET_MODELS[self.onset_model]), samples=samples,
+                    pooled=pooled,
                     vacuum=self.vacuum_names or [], fwhm=self.fwhm,
                     ensemble=dict(n_replicas=int(ens.n_replicas), n_outliers=int(np.sum(ens.outliers)),
                                   inputs=list(ens.input_names),
@@ -359,7 +378,8 @@ class SpectraResults:
         pk = lambda q: "n/a" if q["median"] is None else f"{q['median']:.2f}"
         d = self.to_dict()
         names = list(self.exciton_names)
-        head = ["sample", "E_bg (eV)", "b", "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits"]
+        tag = "" if self.onset_model == "power" else f", {self.onset_model}"
+        head = ["sample", f"E_bg (eV{tag})", f"b{' (' + self.onset_model + ')' if tag else ''}", "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in d["samples"]:
             cells = [s["file"], g(s["band_gap"], 2), g(s["exponent"], 2), g(s["t_over_lambda"], 3),
@@ -372,12 +392,14 @@ class SpectraResults:
 
     def report(self)->str:
         "Text summary, one line per sample."
-        lines = [f"SpectraResults: {self.n_samples} samples, {self.n_rep} replicas, ZLP FWHM {self.fwhm:.3f} eV"]
+        lines = [f"SpectraResults: {self.n_samples} samples, {self.n_rep} replicas, ZLP FWHM {self.fwhm:.3f} eV"
+                 + ("" if self.onset_model == "power" else f"; band gap and b from the {self.onset_model} onset model (eelsnb.onset)")]
         for s in self.to_dict()["samples"]:
             g = lambda q, p=3: "n/a" if q["median"] is None else f"{q['median']:.{p}f} [{q['low']:.{p}f}, {q['high']:.{p}f}]"
             ex = ", ".join(f"{x['name']} {x['position']['median']:.2f}" for x in s["excitons"] if x["position"]["median"] is not None)
             pl = "" if s["plasmon"] is None or s["plasmon"]["position"]["median"] is None else f", plasmon {s['plasmon']['position']['median']:.1f}"
-            lines.append(f"  {s['file']}: E_bg {g(s['band_gap'])} eV, b {g(s['exponent'], 2)}, t/lambda {g(s['t_over_lambda'])}, "
+            pw = "" if "band_gap_power" not in s else f" (power law: E_bg {g(s['band_gap_power'])} eV, b {g(s['exponent_power'], 2)})"
+            lines.append(f"  {s['file']}: E_bg {g(s['band_gap'])} eV, b {g(s['exponent'], 2)}{pw}, t/lambda {g(s['t_over_lambda'])}, "
                          f"dE1 {s['dE1']:.2f}, dE2 {s['dE2']:.2f}, failed {s['n_failed']}/{s['n_replicas']} (kept at an edge {s['n_at_edge']}); excitons {ex}{pl}")
         return "\n".join(lines)
     def __repr__(self): return self.report()
@@ -413,6 +435,9 @@ class SpectraResults:
         lo_e = float(np.nanmin(fit.window[..., 0])) - 0.3; hi_e = float(np.nanmax(fit.window[..., 1])) + 0.5
         m = (e >= lo_e) & (e <= hi_e)
         mod = fit.model(e[m])
+        if self.onset_model == "excitons":
+            part = {c: fit.model(e[m], component=c) for c in ("onset", "excitons")}
+            mod_pw = self.band_gap_fit_power.model(e[m])
         rows = int(np.ceil(n / 3))
         f = make_subplots(rows=rows, cols=min(n, 3), subplot_titles=self.names, shared_xaxes=True)
         bg = self.summary("band_gap")
@@ -425,9 +450,18 @@ class SpectraResults:
                 q = np.nanpercentile(mod[ok, i], [16, 50, 84], 0)
                 f.add_trace(go.Scatter(x=np.r_[e[m], e[m][::-1]], y=np.r_[q[2], q[0][::-1]], fill="toself", fillcolor="rgba(214,39,40,0.3)", line=dict(width=0), hoverinfo="skip", showlegend=False), **rc)
                 f.add_trace(go.Scatter(x=e[m], y=q[1], mode="lines", line=dict(color="rgb(214,39,40)", width=1.5), name="onset fit (median, 68%)", showlegend=i == 0, legendgroup="fit"), **rc)
+                if self.onset_model == "excitons":   # the model's parts and the power law beside it
+                    for comp, dash, nm in (("onset", "dash", "continuum A (E - E_bg)^b (median)"), ("excitons", "dot", "excitons (median)")):
+                        f.add_trace(go.Scatter(x=e[m], y=np.nanmedian(part[comp][ok, i], 0), mode="lines", line=dict(color="rgb(214,39,40)", width=1, dash=dash),
+                                               name=nm, showlegend=i == 0, legendgroup=comp), **rc)
+                    okp = ~self.band_gap_fit_power.failed[:, i]
+                    if okp.any():
+                        f.add_trace(go.Scatter(x=e[m], y=np.nanmedian(mod_pw[okp, i], 0), mode="lines", line=dict(color="gray", width=1.5, dash="dash"),
+                                               name="power-law fit (median)", showlegend=i == 0, legendgroup="power"), **rc)
             if np.isfinite(bg.median[i]):
                 f.add_vline(x=float(bg.median[i]), line=dict(color="rgb(31,119,180)", dash="dash"), **rc)
-        f.update_layout(title="Band-gap onset fits A (R * (E - E_bg)^b) over the subtracted data; dashed: median E_bg", height=300 * rows)
+        f.update_layout(title=("Band-gap onset fits A (R * (E - E_bg)^b) over the subtracted data; dashed: median E_bg" if self.onset_model == "power" else
+                               "Exciton-aware onset fits R * [A (E - E_bg)^b + excitons] over the subtracted data; dashed blue: median E_bg"), height=300 * rows)
         figs["onset"] = f
         f = make_subplots(rows=1, cols=3, subplot_titles=("band gap (eV)", "exponent b", "t/lambda"))
         for c, k in enumerate(("band_gap", "exponent", "t_over_lambda"), 1):
@@ -519,6 +553,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
+                    onset_model:str="power", # band gap and b from 'power' (`fit_band_gap`) or 'excitons' (`eelsnb.onset.fit_onset_excitons`, power law kept too)
                     **ensemble_kw, # more ZLPEnsemble options (hidden, lr, mono_weight, ...)
                    )->SpectraResults:
     "Single-spectra pipeline: align, dE1/dE2, train the ZLP ensemble, subtract, band gap, t/lambda, excitons, plasmon."
@@ -526,6 +561,9 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed: expected a non-negative int, got {seed!r}.")
     if train_on not in ("both", "samples"): raise ValueError(f"train_on: expected 'both' or 'samples', got {train_on!r}.")
+    if onset_model not in ONSET_MODELS: raise ValueError(f"onset_model: expected one of {tuple(ONSET_MODELS)}, got {onset_model!r}.")
+    if onset_model == "excitons" and exponent is not None:
+        raise ValueError("exponent: a fixed exponent applies to the power law only; use onset_model='power' with it.")
     inp = spectra_inputs(samples, vacuum, energy, names)
     S, V, e = inp["samples"], inp["vacuum"], inp["energy"]
     n, m = len(S), 0 if V is None else len(V)
@@ -546,6 +584,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     train_on=train_on if V is not None else "samples", exciton_windows=exciton_windows,
                     plasmon_window=plasmon_window, ensemble_kw=ensemble_kw, n_vacuum=m, n_samples=n, fwhm=fwhm,
                     window=wdesc if isinstance(wins, str) else wins.tolist(), window_rule=wdesc)
+    if onset_model != "power": settings["onset_model"] = onset_model
     if ensemble is None:
         use_v = V is not None and train_on == "both"
         if use_v:
@@ -577,6 +616,12 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     t1 = time.perf_counter()
     fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed)
     sec["band_gap"] = time.perf_counter() - t1
+    power = fit
+    if onset_model == "excitons":   # the same replicas and window starts; the excitons' own windows; up to 3 eV
+        t1 = time.perf_counter()
+        xw = tuple(w for w in exciton_windows if w[0] >= e[0] and w[1] <= e[-1])
+        fit = fit_onset_excitons(sub.inelastic, e, resolution=sub.zlp, windows=power, exciton_windows=xw, e_hi=min(3.0, float(e[-1])))
+        sec["onset_excitons"] = time.perf_counter() - t1
     # 6. thickness, excitons, plasmon
     t1 = time.perf_counter()
     tl = t_over_lambda(S, sub.zlp, e)
@@ -591,4 +636,4 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     sec["physics"] = time.perf_counter() - t1
     sec["total"] = time.perf_counter() - t0
     return SpectraResults(e, S, inp["names"], win, ensemble, sub, fit, tl, ex, pl, ex_w, ex_n, V, inp["vacuum_names"],
-                          shifts, fwhm, settings, sec)
+                          shifts, fwhm, settings, sec, onset_model=onset_model, band_gap_fit_power=power)
