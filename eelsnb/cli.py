@@ -13,7 +13,7 @@ import numpy as np
 import eelsnb
 
 # %% auto #0
-__all__ = ['RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line', 'quiet_loaders', 'load_spectra',
+__all__ = ['ONSET_HELP', 'RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line', 'quiet_loaders', 'load_spectra',
            'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html', 'normal_modes', 'write_report',
            'run_spectra', 'run_image', 'run_image_large', 'demo_files', 'run_demo', 'main']
 
@@ -50,6 +50,14 @@ def _add_training(p, replicas:int=100, epochs:int=1000):
     g.add_argument("--seed", type=_whole(0, "seed"), default=0, metavar="S",
                    help="seed of the replicas, the initial weights and the fit windows; the same seed and "
                         "inputs give the same results (default: %(default)s)")
+
+ONSET_HELP = {"power": "a power law blurred by the ZLP",
+              "excitons": "the power law plus the A/B exciton peaks on it, blurred by the ZLP; the power law is kept beside it"}
+
+def _add_onset_model(g, default:str):
+    g.add_argument("--onset-model", choices=tuple(ONSET_HELP), default=default,
+                   help="model of the band-gap onset: 'power' (" + ONSET_HELP["power"] + ") or 'excitons' ("
+                        + ONSET_HELP["excitons"] + f"); results.json names it (default: {default})")
 
 def _add_output(p, out_default:str|None=None):
     g = p.add_argument_group("output")
@@ -112,7 +120,8 @@ def build_parser()->argparse.ArgumentParser:
                    help="band-gap onset fit window (eV) (default: found per spectrum and varied across replicas)")
     g.add_argument("--exponent", type=_finite, metavar="B",
                    help="fix the onset exponent b in I ~ (E - E_bg)^b, e.g. 0.5 direct or 1.5 indirect "
-                        "(default: fitted)")
+                        "(default: fitted; power-law model only)")
+    _add_onset_model(g, "power")
     _add_training(sp); _add_output(sp)
     sp.set_defaults(run=run_spectra)
 
@@ -145,8 +154,10 @@ def build_parser()->argparse.ArgumentParser:
     dp = sub.add_parser("demo", formatter_class=_Formatter, allow_abbrev=False,
         help="run `spectra` on the bundled WS2 specimen-4 spectra (3 vacuum, 6 sample)",
         description="The `spectra` command on the WS2 nanoflower spectra shipped with eelsnb (specimen 4: 3 vacuum "
-                    "and 6 sample spectra, -4.054..45.471 eV, 1981 channels), with the full default settings. "
+                    "and 6 sample spectra, -4.054..45.471 eV, 1981 channels), with the full default settings and the "
+                    "exciton-aware onset model (--onset-model excitons: the A and B excitons sit on the onset). "
                     "Open DIR/report.html afterwards.")
+    _add_onset_model(dp.add_argument_group("analysis"), "excitons")
     _add_training(dp); _add_output(dp, out_default="eelsnb_demo")
     dp.set_defaults(run=run_demo)
     return p
@@ -298,7 +309,8 @@ def _summaries(d, prefix="")->list:
         elif isinstance(v, dict): out += _summaries(v, f"{name}.")
     return out
 
-_SAMPLE_COLS = (("band_gap", "band gap (eV)"), ("exponent", "exponent b"), ("t_over_lambda", "t/&lambda;"),
+_SAMPLE_COLS = (("band_gap", "band gap (eV)"), ("exponent", "exponent b"), ("band_gap_power", "band gap, power law (eV)"),
+                ("exponent_power", "b, power law"), ("t_over_lambda", "t/&lambda;"),
                 ("dE1", "dE1 (eV)"), ("dE2", "dE2 (eV)"), ("n_failed", "failed fits"))
 
 def _cell(v)->str:
@@ -318,6 +330,9 @@ def summary_html(d:dict)->str:
     parts = []
     samples = d.get("samples") or []
     if samples:
+        om = d.get("onset_model")
+        if isinstance(om, dict) and om.get("name"):
+            parts.append(f"<p>band-gap onset model: <b>{html.escape(str(om['name']))}</b>, {html.escape(str(om.get('description', '')))}</p>")
         cols = [(k, h) for k, h in _SAMPLE_COLS if any(k in s for s in samples)]
         rows = [[html.escape(str(s.get("file", i)))] + [_cell(s.get(k, "")) for k, _ in cols] for i, s in enumerate(samples)]
         parts.append("<h2>Results per sample</h2><p>median [16%, 84%] over the replicas</p>"
@@ -405,7 +420,8 @@ def _print_samples(d:dict):
         print(f"{s.get('file')}: band gap {format_summary(s.get('band_gap', {}), 3)} eV, "
               f"exponent {format_summary(s.get('exponent', {}), 3)}, "
               f"t/lambda {format_summary(s.get('t_over_lambda', {}), 3)}, dE1 {_cell(s.get('dE1'))} eV, "
-              f"dE2 {_cell(s.get('dE2'))} eV", flush=True)
+              f"dE2 {_cell(s.get('dE2'))} eV" + ("" if "band_gap_power" not in s else
+              f"; power law: band gap {format_summary(s['band_gap_power'], 3)} eV, exponent {format_summary(s['exponent_power'], 3)}"), flush=True)
 
 def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
     log(f"writing {out}")
@@ -431,16 +447,20 @@ def run_spectra(args, log:Progress|None=None)->Path:
         raise ValueError(f"--dE1 ({args.dE1:g} eV) must be below --dE2 ({args.dE2:g} eV).")
     if args.window is not None and not args.window[0] < args.window[1]:
         raise ValueError(f"--window: ELO ({args.window[0]:g}) must be below EHI ({args.window[1]:g}) (eV).")
+    onset_model = getattr(args, "onset_model", "power")
+    if onset_model == "excitons" and args.exponent is not None:
+        raise ValueError("--exponent: a fixed exponent applies to the power law only; use --onset-model power with it.")
     from eelsnb.analysis import analyse_spectra
     log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
         res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
                               max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
-                              progress=not args.quiet)
+                              progress=not args.quiet, onset_model=onset_model)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
-                epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent)
+                epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent,
+                onset_model=onset_model)
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))
     if not args.quiet: _print_samples(res.to_dict())
     return out

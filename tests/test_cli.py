@@ -58,10 +58,10 @@ def check_report(path, n_min=1):
 
 @pytest.mark.parametrize("command, options", [
     ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
-                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent"]),
+                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model"]),
     ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
                "--debug", "--max-memory"]),
-    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug"]),
+    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model"]),
 ])
 def test_help_explains_every_option(capsys, command, options):
     rc, out, _ = run(capsys, [command, "--help"])
@@ -89,6 +89,8 @@ def test_version_and_console_script():
 def test_demo_defaults_are_the_real_thing():
     a = build_parser().parse_args(["demo"])
     assert (a.replicas, a.epochs, a.seed, str(a.out)) == (100, 1000, 0, "eelsnb_demo")
+    assert a.onset_model == "excitons"                      # the WS2 excitons sit on the onset
+    assert build_parser().parse_args(["spectra", "--sample", "s", "--out", "o"]).onset_model == "power"
     vac, samp, rng = demo_files(4)
     assert [p.name for p in vac] == ["vacuum_17.txt", "vacuum_22.txt", "vacuum_23.txt"]
     assert [p.name for p in samp] == [f"sample_{i}.txt" for i in (14, 15, 16, 19, 20, 21)]
@@ -198,6 +200,8 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     dE1, dE2 = float(np.ravel(s["dE1"])[0]), float(np.ravel(s["dE2"])[0])
     assert 0 < dE1 < dE2 < 45
     assert d["cli"]["replicas"] == 16 and d["cli"]["command"].startswith("eelsnb spectra")
+    assert d["onset_model"]["name"] == "power" and d["cli"]["onset_model"] == "power"   # the default model, said so
+    assert "band_gap_power" not in s and "band_gap_power" not in d["pooled"]
     assert (out / "model" / "model.json").is_file() and (out / "model" / "weights.safetensors").is_file()
     assert list(out.glob("**/*.hspy")), sorted(p.name for p in out.rglob("*"))
     h = check_report(out / "report.html")
@@ -216,17 +220,24 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
 
 
 def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
+    "Also the exciton-aware onset model: --onset-model reaches analyse_spectra and results.json."
     rc, out, _, _ = spectra_run
     before = (out / "results.json").read_text()
     argv = ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", *ERANGE,
-            "--replicas", "4", "--epochs", "300", "--out", out, "--quiet"]
+            "--replicas", "4", "--epochs", "300", "--out", out, "--quiet", "--onset-model", "excitons"]
     rc, _, err = run(capsys, argv)
     assert_one_line_error(rc, err, "not empty")
     assert (out / "results.json").read_text() == before
     rc, stdout, err = run(capsys, argv + ["--overwrite"])
     assert rc == 0, err[-3000:]
     assert stdout == "" and "eelsnb [" not in err                          # --quiet
-    assert json.loads((out / "results.json").read_text())["cli"]["replicas"] == 4
+    d = json.loads((out / "results.json").read_text())
+    assert d["cli"]["replicas"] == 4 and d["cli"]["onset_model"] == "excitons"
+    assert d["onset_model"]["name"] == "excitons" and d["settings"]["onset_model"] == "excitons"
+    s = d["samples"][0]
+    for k in ("band_gap", "exponent", "band_gap_power", "exponent_power"):   # the power law is kept beside it
+        if s[k]["median"] is not None: check_summary(s[k], k)
+    assert {"band_gap_power", "exponent_power"} <= set(d["pooled"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
 
 
@@ -279,6 +290,7 @@ def test_demo_runs_spectra_on_the_bundled_data(capsys, tmp_path):
     d = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [s["file"] for s in d["samples"]] == [f"sample_{i}.txt" for i in (14, 15, 16, 19, 20, 21)]
     assert len(d["cli"]["vacuum"]) == 3
+    assert d["onset_model"]["name"] == "excitons" and "band_gap_power" in d["samples"][0]   # the demo's default model
     assert "report.html" in err
 
 
