@@ -239,14 +239,18 @@ def pixel_conditions(y:np.ndarray, # repaired spectra (m, n_E)
                      half_width:float=0.25, # ZLP window (eV), as `eelsnb.preprocess.log_zlp_peak`
                     )->tuple: # (log_total (m,), log_zlp_peak (m,)); NaN where a spectrum has no ZLP
     "The ensemble's conditions, each pixel from its own spectrum only (ZLP position by a local fit, no common template)."
-    from eelsnb.preprocess import zlp_position, zlp_window_counts
+    from eelsnb.preprocess import zlp_position, zlp_window_counts, _fwhm_channels
     with np.errstate(all="ignore"):
         lt = np.log(y.sum(-1))
-        try: pos = zlp_position(y, e, method="fit")
-        except ValueError:   # a spectrum without a positive top: one by one, NaN for the offenders
-            pos = np.full(len(y), np.nan)
-            for i in range(len(y)):
-                with contextlib.suppress(ValueError): pos[i] = zlp_position(y[i:i + 1], e, method="fit")[0]
+        # the fit's half window from each spectrum's own FWHM (not the block's median): groups of equal windows
+        hw = np.clip(np.rint(_fwhm_channels(y, np.argmax(y, -1)) / 4), 2, 40).astype(int)
+        pos = np.full(len(y), np.nan)
+        for h in np.unique(hw):
+            sel = np.flatnonzero(hw == h)
+            try: pos[sel] = zlp_position(y[sel], e, method="fit", half_window=int(h))
+            except ValueError:   # a spectrum without a positive top: one by one, NaN for the offenders
+                for i in sel:
+                    with contextlib.suppress(ValueError): pos[i] = zlp_position(y[i:i + 1], e, method="fit", half_window=int(h))[0]
         okp = np.isfinite(pos)
         w = np.full(len(y), np.nan)
         if okp.any(): w[okp] = zlp_window_counts(y[okp], e, half_width, position=pos[okp])

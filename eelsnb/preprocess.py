@@ -92,7 +92,7 @@ def _peak_fit(c:np.ndarray, # counts (m, n_E)
     X = np.stack([u ** p for p in range(degree + 1)], -1) # (2h+1, d+1)
     A = np.einsum("mk,ki,kj->mij", w, X, X)
     b = np.einsum("mk,ki,mk->mi", w, X, ly)
-    coef = np.linalg.solve(A + 1e-12 * np.eye(degree + 1) * A.max(), b[..., None])[..., 0]
+    coef = np.linalg.solve(A + 1e-12 * np.eye(degree + 1) * A.max((1, 2), keepdims=True), b[..., None])[..., 0]  # each spectrum's own scale
     c1, c2 = coef[:, 1], coef[:, 2]
     c3 = coef[:, 3] if degree >= 3 else np.zeros_like(c1)
     disc = c2 * c2 - 3 * c1 * c3
@@ -146,7 +146,7 @@ def _template_positions(c2, P, fw, block=20000, max_template=20000, iters=10):
             J = np.stack([Tm, -amp[:, None] * Td / s[:, None], -amp[:, None] * Td * u / s[:, None]], -1)
             A = np.einsum("mk,mki,mkj->mij", w, J, J); b = np.einsum("mk,mki,mk->mi", w, J, r)
             with np.errstate(all="ignore"):
-                st = np.linalg.solve(A + 1e-12 * np.eye(3) * np.abs(A).max(), b[..., None])[..., 0]
+                st = np.linalg.solve(A + 1e-12 * np.eye(3) * np.abs(A).max((1, 2), keepdims=True), b[..., None])[..., 0]
             D = D + np.clip(np.nan_to_num(st[:, 1]), -1, 1); s = np.clip(s + np.nan_to_num(st[:, 2]), 0.5, 2.0)
         good = np.isfinite(D) & (np.abs(D - D0) < max(2.0, 0.5 * fw)) & (s > 0.5) & (s < 2.0) # else keep the fit
         out[sl] = np.where(good, imax[sl] - M + t0 + D, P[sl])
