@@ -451,33 +451,39 @@ def _polish(I, w, dE, T, u, b, umax, b_bounds, free_b, n_iter, fallback=None):
             c = curves(u[worse], b[worse], n_iter > 0)
             for x, y in zip((m, mu, mb), c):
                 if x is not None: x[worse] = y
+    A, gain, smm = project(m)
+    if n_iter == 0: return u, b, A, gain, m
+    k = 1 + free_b
+    H, g = np.empty((F, k, k)), np.empty((F, k))
+    def normal(ix):   # Gauss-Newton normal equations of the fits ix (slice or indices)
+        Ai, mi, wi = A[ix][:, None], m[ix], w[ix]
+        r = I[ix] - Ai * mi
+        Js = [Ai * mu[ix]] + ([Ai * mb[ix]] if free_b else [])     # d model / d(-u), d model / d b
+        Js = [J - mi * ((wi * mi * J).sum(-1) / np.where(smm[ix] > 0, smm[ix], 1.0))[:, None] for J in Js]  # A re-optimised
+        for a in range(k):
+            g[ix, a] = (wi * Js[a] * r).sum(-1)
+            for c in range(a, k): H[ix, a, c] = H[ix, c, a] = (wi * Js[a] * Js[c]).sum(-1)
+    normal(slice(None))
     lam = np.full(F, _LAM0)
     for it in range(n_iter):
-        A, gain, smm = project(m)
-        r = I - A[:, None] * m
-        Js = [A[:, None] * mu] + ([A[:, None] * mb] if free_b else [])     # d model / d(-u), d model / d b
-        Js = [J - m * ((w * m * J).sum(-1) / np.where(smm > 0, smm, 1.0))[:, None] for J in Js]  # A re-optimised
-        k = len(Js)
-        H, g = np.empty((F, k, k)), np.empty((F, k))
-        for a in range(k):
-            g[:, a] = (w * Js[a] * r).sum(-1)
-            for c in range(a, k): H[:, a, c] = H[:, c, a] = (w * Js[a] * Js[c]).sum(-1)
         D = np.einsum("fii->fi", H) + 1e-300
         try: step = np.linalg.solve(H + lam[:, None, None] * D[:, :, None] * np.eye(k), g[..., None])[..., 0]
         except np.linalg.LinAlgError: step = np.zeros((F, k))
         step = np.where(np.isfinite(step), step, 0.0)
         u2 = np.clip(u - np.clip(step[:, 0], -5 * dE, 5 * dE), 0.0, umax)
         b2 = np.clip(b + np.clip(step[:, 1], -0.3 * b, 0.3 * b), *b_bounds) if free_b else b
-        last = it == n_iter - 1
-        m2, mu2, mb2 = curves(u2, b2, not last)
-        better = project(m2)[1] > gain
-        u, b = np.where(better, u2, u), np.where(better, b2, b)
+        m2 = curves(u2, b2, False)[0]
+        A2, gain2, smm2 = project(m2)
+        better = gain2 > gain
         lam = np.where(better, lam * 0.3, lam * 10)
-        m = np.where(better[:, None], m2, m)
-        if not last:
-            mu = np.where(better[:, None], mu2, mu)
-            if free_b: mb = np.where(better[:, None], mb2, mb)
-    A, gain, _ = project(m)
+        ix = np.nonzero(better)[0]    # a few percent: only they need new derivatives and normal equations
+        if len(ix) == 0: continue
+        u, b = np.where(better, u2, u), np.where(better, b2, b)
+        for x, y in ((m, m2), (A, A2), (gain, gain2), (smm, smm2)): x[ix] = y[ix]
+        if it < n_iter - 1:
+            _, mu[ix], d_b = curves(u[ix], b[ix], True)
+            if free_b: mb[ix] = d_b
+            normal(ix)
     return u, b, A, gain, m
 
 def _fit_frames(I, # data in local frames (F, L): channel j lies j dE above the window's first channel
@@ -491,7 +497,6 @@ def _fit_frames(I, # data in local frames (F, L): channel j lies j dE above the 
     u = np.arange(0.0, max(umax.max(), 0) + 0.5 * grid_step, grid_step)
     bg = np.geomspace(*b_bounds, n_b) if exponent is None else np.array([float(exponent)])
     nu, nb = len(u), len(bg)
-    U, B = np.repeat(u, nb), np.tile(bg, nu)
     T = _toeplitz(kernel, L)
     Mb = (_powerlaw_grid(L, M, dE, u, bg).astype(np.float32) @ T).astype(float)  # (K, L) blurred power laws
     Mb /= np.maximum(Mb.max(-1, keepdims=True), 1e-300)
@@ -500,8 +505,8 @@ def _fit_frames(I, # data in local frames (F, L): channel j lies j dE above the 
     gain = np.maximum(SIM, np.float32(0)).astype(float)                     # A > 0 only (SIM > 0 needs SMM > 0)
     gain *= gain
     gain /= np.maximum(SMM, np.float32(1e-38))                              # in place: few passes over (F, K)
-    gain[U[None] > umax[:, None] + 1e-9] = -np.inf
     gain = gain.reshape(F, nu, nb)
+    gain[u[None] > umax[:, None] + 1e-9] = -np.inf                          # gaps above umax (mask per u, not per (u, b))
     iu, ib = np.divmod(np.argmax(gain.reshape(F, -1), -1), nb)
     g0 = gain[np.arange(F), iu, ib]
     du, db = _quadratic_vertex(gain, iu, ib)
