@@ -418,6 +418,40 @@ class ConditionGrid:
                 if not log: oo.exp_()
         return out
 
+    def interpolate_kept(self, rows:np.ndarray, weights:np.ndarray, keep:slice, out=None, sums=None, slab=None,
+                         tmp=None)->tuple:
+        """ZLP replicas (n_rep, m, k) in counts on the channels `keep` only, and their integrals over all channels
+        (n_rep, m) (float64 of a float32 pairwise sum): one replica at a time, its full (m, n_E) slab in the cache (`slab`,
+        `tmp`: reusable float32 buffers of m n_E). The kept values equal `interpolate`'s to the bit."""
+        R, m, nE = self.n_rep, len(rows), self.store.data.shape[-1]
+        keep = slice(*keep.indices(nE))
+        k = len(range(nE)[keep])
+        if out is None: out = np.empty((R, m, k), np.float32)
+        if out.shape != (R, m, k) or out.dtype != np.float32:
+            raise ValueError(f"out: need a float32 array of shape {(R, m, k)}, got {out.dtype} {out.shape}.")
+        if sums is None: sums = np.empty((R, m))
+        bufs = []
+        for b in (slab, tmp):
+            bufs.append(torch.empty(m, nE) if b is None or b.size < m * nE else torch.from_numpy(b.reshape(-1)[:m * nE]).view(m, nE))
+        sl, t = bufs
+        sn = sl.numpy()
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        wt = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        G = self.store.tensor
+        with torch.no_grad():
+            for r in range(R):
+                g = G[r]
+                torch.index_select(g, 0, idx[:, 0], out=sl)
+                if rows.shape[1] > 1:
+                    sl.mul_(wt[:, 0, None])
+                    for c in range(1, rows.shape[1]):
+                        torch.index_select(g, 0, idx[:, c], out=t)
+                        sl.addcmul_(t, wt[:, c, None])
+                sl.exp_()
+                sums[r] = sn.sum(-1)
+                out[r] = sn[:, keep]
+        return out, sums
+
     def zlp(self, values:dict, log:bool=False, out=None, channels=None)->np.ndarray:
         "ZLP replicas (n_rep, m, n_E) in counts (float32) at condition values name -> (m,), by multilinear interpolation in ln I."
         rows, w = self.prepare(values)
@@ -535,13 +569,15 @@ class ImageChunk:
     "One chunk of an SI subtraction: flat pixel indices, counts and ZLP replicas."
     index: np.ndarray    # (m,) flat (row-major) pixel indices
     counts: np.ndarray   # (m, n_E) measured counts
-    zlp: np.ndarray      # (n_rep, m, n_E) float32 ZLP replicas (counts)
+    zlp: np.ndarray      # (n_rep, m, n_E) float32 ZLP replicas (counts); (n_rep, m, k) on `channels` only when those are given
     conditions: dict     # name -> (m,) the model's conditions of these pixels
+    zlp_sum: np.ndarray = None   # (n_rep, m) ZLP integrals over all channels (float64 of float32 sums); set with `channels`
+    channels: slice = None       # the channels `zlp` holds (None: all)
     @property
-    def inelastic(self)->np.ndarray: return self.counts[None] - self.zlp
+    def inelastic(self)->np.ndarray: return self.counts[None, :, self.channels or slice(None)] - self.zlp
     def inelastic_into(self, out:np.ndarray)->np.ndarray:
-        "counts - zlp written into `out` (n_rep, m, n_E) (float32), no new allocation."
-        np.subtract(self.counts[None], self.zlp, out=out, casting="same_kind"); return out
+        "counts - zlp written into `out` (n_rep, m, n_E) (float32; k channels with `channels`), no new allocation."
+        np.subtract(self.counts[None, :, self.channels or slice(None)], self.zlp, out=out, casting="same_kind"); return out
     def __len__(self): return len(self.index)
 
 def _si_source(si, energy=None)->tuple:
@@ -582,7 +618,7 @@ class ImageSubtraction:
     "Chunked ZLP subtraction of an SI: iterate to get `ImageChunk`s; `.grid`, `.conditions`, `.signals()`."
     def __init__(self, ensemble, si, energy=None, grid:ConditionGrid|None=None, chunk_pixels:int|None=None,
                  max_memory:float=2**30, conditions:dict|None=None, reuse:bool=False, progress:bool=False,
-                 check_zlp:float|None=1.5, block:int=2048, **grid_kw):
+                 check_zlp:float|None=1.5, block:int=2048, channels:slice|None=None, **grid_kw):
         check_ensemble(ensemble)
         self.flat, self.shape, e, self.nav_axes, self.title = _si_source(si, energy)
         self.energy = check_energy_for(ensemble, e)
@@ -615,7 +651,12 @@ class ImageSubtraction:
             k = np.unique(np.linspace(0, self.n_pixels - 1, min(64, self.n_pixels)).astype(int))
             z = grid.zlp({n: v[k] for n, v in self.conditions.items()})
             self.zlp_core_ratio = check_zlp_scale(_median0(z), _read_rows(self.flat, k, self.energy), check_zlp, "si")
-        self._buf = self._tmp = self._it = None
+        if channels is not None and not (isinstance(channels, slice) and channels.step in (None, 1)):
+            raise ValueError(f"channels: expected a slice of the energy axis (step 1), got {channels!r}.")
+        self.channels = None if channels is None else slice(*channels.indices(nE)[:2])
+        if self.channels is not None and self.channels.stop <= self.channels.start:
+            raise ValueError(f"channels: {channels!r} selects no channel of the {nE}-channel axis.")
+        self._buf = self._tmp = self._slab = self._it = None
 
     def __len__(self)->int: return math.ceil(self.n_pixels / self.chunk_pixels)
     @property
@@ -631,12 +672,18 @@ class ImageSubtraction:
             rows, w = self.grid.prepare(cond)
             rb = 1   # one replica at a time: its (m, n_E) slab and the gather buffer stay in the cache (1.8x faster than R/4)
             if self._tmp is None: self._tmp = np.empty(rb * m * nE, np.float32)   # gather buffer, always reused
-            if self.reuse:   # flat buffers: the first R (b - a) n_E elements are a C-contiguous (R, b - a, n_E) array
-                if self._buf is None: self._buf = np.empty(R * m * nE, np.float32)
-                out = self._buf[:R * (b - a) * nE].reshape(R, b - a, nE)
-            else: out = np.empty((R, b - a, nE), np.float32)
-            self.grid.interpolate(rows, w, out=out, block=rb, tmp=self._tmp)
-            yield ImageChunk(np.arange(a, b), counts, out, cond)
+            k = nE if self.channels is None else self.channels.stop - self.channels.start
+            if self.reuse:   # flat buffers: the first R (b - a) k elements are a C-contiguous (R, b - a, k) array
+                if self._buf is None: self._buf = np.empty(R * m * k, np.float32)
+                out = self._buf[:R * (b - a) * k].reshape(R, b - a, k)
+            else: out = np.empty((R, b - a, k), np.float32)
+            if self.channels is None:
+                self.grid.interpolate(rows, w, out=out, block=rb, tmp=self._tmp)
+                yield ImageChunk(np.arange(a, b), counts, out, cond)
+            else:   # only the kept channels leave the cache; the integrals over all channels come along
+                if self._slab is None: self._slab = np.empty(m * nE, np.float32)
+                _, sums = self.grid.interpolate_kept(rows, w, self.channels, out=out, slab=self._slab, tmp=self._tmp)
+                yield ImageChunk(np.arange(a, b), counts, out, cond, sums, self.channels)
 
     def __iter__(self): return self.chunks()
     def __next__(self):
@@ -645,6 +692,7 @@ class ImageSubtraction:
 
     def signals(self, name:str="inelastic")->dict:
         "Median, 16th and 84th percentile of 'inelastic' or 'zlp' per pixel, as `EELSSpectrum` SIs (float32)."
+        if self.channels is not None: raise ValueError("signals: this subtraction keeps only some channels (channels=); build one without.")
         if name not in ("inelastic", "zlp"): raise ValueError(f"name: expected 'inelastic' or 'zlp', got {name!r}.")
         nE = len(self.energy)
         out = {k: np.empty((self.n_pixels, nE), np.float32) for k in ("median", "low", "high")}
@@ -668,7 +716,7 @@ def subtract_image(ensemble, # a trained ZLPEnsemble
                    conditions:dict|None=None, # values of conditions not computed from spectra: scalar or (ny, nx) map
                    reuse:bool=False, # write every chunk's zlp into one buffer (use each chunk before the next)
                    progress:bool=False, # tqdm bar over chunks
-                   **kw, # more options: check_zlp, block, and those of `condition_grid` (tol, n_grid, n_check, seed)
+                   **kw, # more options: check_zlp, block, channels (a slice: chunks keep only those channels of the ZLP, with its integral over all as `zlp_sum`), and those of `condition_grid` (tol, n_grid, n_check, seed)
                   )->ImageSubtraction: # iterate over it for `ImageChunk`s
     "Chunked ZLP subtraction of a spectral image through a condition grid; no loop over pixels, bounded memory."
     return ImageSubtraction(ensemble, si, energy, grid, chunk_pixels, max_memory, conditions, reuse, progress, **kw)
