@@ -18,8 +18,8 @@ from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analyse_chunk', 'jsonable', 'ImageResults',
-           'torch_threads', 'analyse_image']
+__all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 'analyse_chunk', 'jsonable',
+           'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -30,10 +30,25 @@ def _crop(e:np.ndarray, lo:float, hi:float)->slice:
 
 def _peak_names(i:int)->tuple: return ("exciton_position", "exciton_width") if i == 0 else (f"exciton{i + 1}_position", f"exciton{i + 1}_width")
 
+def analysed_channels(energy, # energy axis (eV)
+                      window=None, exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0),
+                      exciton_smooth:float|None=0.1, bandgap_kw:dict|None=None, # as in `analyse_chunk`
+                     )->tuple: # (band-gap crop, [crop per exciton window] + [plasmon crop], slice spanning them all)
+    "The channels `analyse_chunk` looks at: the band-gap search range with the ZLP's kernel range around 0 eV, the peak windows."
+    e, bkw = check_energy(energy), dict(bandgap_kw or {})
+    kr = float(bkw.get("kernel_range", 3.0))
+    search = bkw.get("search", (0.2, 10.0))
+    hi = max(float(search[1]), float(window[1]) + 0.2 if window is not None else 0.0)
+    cb = _crop(e, min(-kr, float(search[0])) - 2 * _step(e), hi + 2 * _step(e))
+    crops = [_crop(e, w[0] - 3 * _step(e) - 2 * (exciton_smooth or 0), w[1] + 3 * _step(e) + 2 * (exciton_smooth or 0))
+             for w in (exciton_windows or ())]
+    if plasmon_window is not None: crops.append(_crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5))
+    return cb, crops, slice(min(c.start for c in [cb] + crops), max(c.stop for c in [cb] + crops))
+
 def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
-                  zlp, # (n_rep, m, n_E) ZLP replicas (counts)
+                  zlp, # (n_rep, m, n_E) ZLP replicas (counts), or (n_rep, m, k) on channels `zlp_channels` only
                   energy, # energy axis (eV)
-                  inelastic=None, # (n_rep, m, n_E) float32 buffer for counts - zlp (None: allocated); only the analysed channels are written
+                  inelastic=None, # float32 scratch for counts - zlp on the analysed channels, at least n_rep m k elements (e.g. an (n_rep, m, n_E) buffer); None: allocated
                   window=None, # band-gap window (e_lo, e_hi) eV; None: automatic per pixel and replica
                   exponent=None, # None: free exponent; or fixed (0.5 direct, 1.5 indirect)
                   exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton; () for none
@@ -43,38 +58,49 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   plasmon_min_height:float=1e-4, # the plasmon must be this fraction of I_ZLP high
                   seed:int=0, # seed of the band-gap window jitter
                   bandgap_kw:dict|None=None, # more `fit_band_gap` options (kernel_range, search, ...)
+                  zlp_sum=None, # (n_rep, m) ZLP integrals over all channels; needed when `zlp` holds only some (e.g. `ImageChunk.zlp_sum`)
+                  zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
                  )->tuple: # (summaries: name -> Summary of (m,), n_failed (m,), failed_by_reason dict)
     "Per replica t/lambda, band gap, exponent, exciton and plasmon peaks of one chunk, summarised over replicas."
     e = check_energy(energy)
-    R, m, nE = zlp.shape
+    R, m, nz = zlp.shape
+    zc = slice(*(zlp_channels or slice(None)).indices(len(e)))
+    if nz != len(range(len(e))[zc]):
+        raise ValueError(f"zlp: {nz} channels, but zlp_channels={zlp_channels!r} of the {len(e)}-channel axis hold "
+                         f"{len(range(len(e))[zc])}; pass the channels the ZLP holds.")
     bkw = dict(bandgap_kw or {})
     out = {}
-    i0 = zlp.sum(-1).astype(np.float64)   # (R, m) zero-loss intensity per replica (pairwise float32 sum: 2e-7 relative, 3.5x faster)
+    if zlp_sum is None:
+        if nz != len(e): raise ValueError("zlp_sum: needed when zlp holds only some channels (t/lambda integrates over all).")
+        i0 = zlp.sum(-1).astype(np.float64)   # (R, m) zero-loss intensity per replica (pairwise float32 sum: 2e-7 relative, 3.5x faster)
+    else:
+        i0 = np.asarray(zlp_sum, np.float64)
+        if i0.shape != (R, m): raise ValueError(f"zlp_sum: expected shape {(R, m)}, got {i0.shape}.")
     if not (np.all(np.isfinite(i0)) and np.all(i0 > 0)):                 # what t_over_lambda checks, on the sums
         raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
     tl = np.log(counts.sum(-1, dtype=np.float64)[None] / i0)             # t_over_lambda (log-ratio), sums computed once
     out["t_over_lambda"] = summarize(tl)
-    # band gap: the search range plus the ZLP's kernel range around 0 eV
-    kr = float(bkw.get("kernel_range", 3.0))
-    search = bkw.get("search", (0.2, 10.0))
-    hi = max(float(search[1]), float(window[1]) + 0.2 if window is not None else 0.0)
-    cb = _crop(e, min(-kr, float(search[0])) - 2 * _step(e), hi + 2 * _step(e))
-    crops = [cb] + [_crop(e, w[0] - 3 * _step(e) - 2 * (exciton_smooth or 0), w[1] + 3 * _step(e) + 2 * (exciton_smooth or 0))
-                    for w in (exciton_windows or ())]
-    if plasmon_window is not None: crops.append(_crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5))
-    if inelastic is None: inelastic = np.empty((R, m, nE), np.float32)
-    used = slice(min(c.start for c in crops), max(c.stop for c in crops))   # only the channels analysed are subtracted
-    np.subtract(counts[None, :, used], zlp[..., used], out=inelastic[..., used], casting="same_kind")
-    fit = fit_band_gap(inelastic[..., cb], e[cb], window=window, exponent=exponent, resolution=zlp[..., cb], seed=seed, **bkw)
+    cb, crops, used = analysed_channels(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
+    if used.start < zc.start or used.stop > zc.stop:
+        raise ValueError(f"zlp_channels: the ZLP holds channels {zc.start}..{zc.stop - 1}, the analysis needs "
+                         f"{used.start}..{used.stop - 1}; keep at least `analysed_channels(...)[2]`.")
+    k = used.stop - used.start   # counts - zlp on the analysed channels only, in a compact (R, m, k) array
+    if inelastic is not None and inelastic.dtype == np.float32 and inelastic.flags.c_contiguous and inelastic.size >= R * m * k:
+        inl = inelastic.reshape(-1)[:R * m * k].reshape(R, m, k)
+    else: inl = np.empty((R, m, k), np.float32)
+    np.subtract(counts[None, :, used], zlp[..., used.start - zc.start:used.stop - zc.start], out=inl, casting="same_kind")
+    loc = lambda c: slice(c.start - used.start, c.stop - used.start)
+    fit = fit_band_gap(inl[..., loc(cb)], e[cb], window=window, exponent=exponent,
+                       resolution=zlp[..., cb.start - zc.start:cb.stop - zc.start], seed=seed, **bkw)
     out["band_gap"], out["exponent"] = fit.summary("band_gap"), fit.summary("exponent")
     n_failed = fit.failed.sum(0)
-    for i, (w, cs) in enumerate(zip(exciton_windows or (), crops[1:])):
-        p = find_peaks(inelastic[..., cs], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0)
+    for i, (w, cs) in enumerate(zip(exciton_windows or (), crops)):
+        p = find_peaks(inl[..., loc(cs)], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0)
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
     if plasmon_window is not None:
         cs = crops[-1]
-        p = find_peaks(inelastic[..., cs], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
+        p = find_peaks(inl[..., loc(cs)], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
                        min_height=plasmon_min_height * i0, chunk=4096)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     return out, n_failed, fit.failed_by_reason()
@@ -361,21 +387,22 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     R, nE = ensemble.n_replicas, len(e)
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
     if grid is not None and grid.ensemble is not ensemble: raise ValueError("grid: built for another ensemble; leave grid=None.")
+    pk = dict(peak_kw or {})
+    _, _, used = analysed_channels(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
     it = subtract_image(ensemble, counts, e, grid=grid, chunk_pixels=chunk_pixels, max_memory=max_memory,
-                        conditions=conditions, reuse=True, tol=tol, seed=seed)
+                        conditions=conditions, reuse=True, tol=tol, seed=seed, channels=used)   # chunks keep the analysed channels
     t3 = time.perf_counter()
     P = int(np.prod(shape))
     maps, n_failed, reasons = {}, np.zeros(P, int), {}
     seeds = np.random.SeedSequence(seed).generate_state(len(it))
-    pk = dict(peak_kw or {})
+    k = used.stop - used.start
     workers = max(1, min(int(torch_threads() if workers is None else _check_positive_int("workers", workers)), len(it)))
     it.reuse = workers == 1                 # one ZLP buffer for all chunks, or one per chunk in flight
-    inel = [np.empty(R * it.chunk_pixels * nE, np.float32) for _ in range(workers)]
+    inel = [np.empty(R * it.chunk_pixels * k, np.float32) for _ in range(workers)]
     def work(i, ch, buf):
-        m = len(ch)
-        out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf[:R * m * nE].reshape(R, m, nE), window=window,
+        out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf, window=window,
                             exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
-                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, **pk)
+                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels, **pk)
         return ch.index, out, buf
     def collect(index, out):
         summ, nf, rs = out
