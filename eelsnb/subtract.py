@@ -415,7 +415,7 @@ class ConditionGrid:
                     for c in range(1, rows.shape[1]):
                         torch.index_select(g, 1, idx[:, c], out=t)
                         oo.addcmul_(t, wt[None, :, c, None])
-                if not log: oo.exp_()
+                if not log: np.exp(oo.numpy(), out=oo.numpy())   # numpy's vectorised exp: 2x torch's here
         return out
 
     def interpolate_kept(self, rows:np.ndarray, weights:np.ndarray, keep:slice, out=None, sums=None, slab=None,
@@ -447,7 +447,7 @@ class ConditionGrid:
                     for c in range(1, rows.shape[1]):
                         torch.index_select(g, 0, idx[:, c], out=t)
                         sl.addcmul_(t, wt[:, c, None])
-                sl.exp_()
+                np.exp(sn, out=sn)
                 sums[r] = sn.sum(-1)
                 out[r] = sn[:, keep]
         return out, sums
