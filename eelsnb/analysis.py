@@ -617,7 +617,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed)
     sec["band_gap"] = time.perf_counter() - t1
     power = fit
-    if onset_model == "excitons":   # the same replicas and window starts; the excitons' own windows; up to 3 eV
+    if onset_model == "excitons":   # the same replicas, windows from 0.5 eV under the power law's starts (`below`); the excitons' own windows; up to 3 eV
         t1 = time.perf_counter()
         xw = tuple(w for w in exciton_windows if w[0] >= e[0] and w[1] <= e[-1])
         fit = fit_onset_excitons(sub.inelastic, e, resolution=sub.zlp, windows=power, exciton_windows=xw, e_hi=min(3.0, float(e[-1])))

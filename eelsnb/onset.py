@@ -12,7 +12,7 @@ from scipy.special import erfc
 
 from .io import check_energy
 from .bandgap import BandGapFit, FAIL_REASONS, EDGE_REASONS, summarize, Summary, fit_band_gap
-from .bandgap import _quadratic_vertex, _kernels
+from .bandgap import _quadratic_vertex, _kernels, _fwhm
 from .physics import excitons as find_excitons, WS2_EXCITON_WINDOWS
 
 # %% auto #0
@@ -266,6 +266,15 @@ def _exciton_windows(windows, e)->tuple:
                              "give windows inside it (or () for the bare power law).")
     return w
 
+def _lower_start(e_lo, # (R, P) the power law's window starts (eV), NaN: no onset found
+                 below:float, # eV to move them down
+                 fwhm, # (P,) the ZLP's FWHM (eV) per spectrum
+                 e, # energy axis
+                )->np.ndarray:
+    "Window starts `below` eV under `e_lo`, but not under one ZLP FWHM above 0 eV nor the axis; never above `e_lo`."
+    floor = np.maximum(np.asarray(fwhm, float)[None], float(e[0]))
+    return np.minimum(e_lo, np.maximum(e_lo - below, floor))
+
 def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E), or a hyperspy signal of them
                        energy=None, # energy axis (eV), (n_E,); taken from the signal for signals
                        resolution=None, # the ZLP as resolution function: (n_E,), (..., n_E) or replicas (n_rep, ..., n_E) (required)
@@ -274,6 +283,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
                        exciton_positions=None, # None: found per replica (`eelsnb.physics.excitons`); or given, broadcastable to (n_rep, ..., n_x) (NaN: absent)
                        exciton_fwhm:float=0.2, # intrinsic FWHM (eV) of the exciton Gaussians (before the blur)
                        e_hi=3.0, # upper end of the window (eV) with windows None or a BandGapFit; scalar or per spectrum (...)
+                       below:float=0.5, # with windows None or a BandGapFit: start this far (eV) under its e_lo, not under one ZLP FWHM
                        gated:bool=True, # the exciton terms vanish below E_bg
                        b_bounds=(0.1, 4.0), # bounds of the exponent; a fit ending on one is flagged (reason 6, kept)
                        n_b:int=41, # grid points of the exponent (geometric)
@@ -302,6 +312,8 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
     if not grid_step > 0 or int(n_b) != n_b or n_b < 3: raise ValueError(f"grid_step, n_b: need grid_step > 0 and an integer n_b >= 3, got {grid_step!r}, {n_b!r}.")
     xw = _exciton_windows(exciton_windows, e)
     n_x = len(xw)
+    if not (np.isscalar(below) and np.isfinite(below) and below >= 0):
+        raise ValueError(f"below: need a number >= 0 (eV under the power law's window start), got {below!r}.")
     kernels, e_c, group = _kernels(resolution, e, pix, R, kernel_range, max(P, 1))
     # windows per replica
     power = None
@@ -318,7 +330,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
                 raise ValueError(f"windows: the BandGapFit has shape {power.band_gap.shape}, the data (n_rep, ...) = {(R,) + pix}; "
                                  "pass the fit of these same replicas.")
         win = np.empty((R, P, 2))
-        win[..., 0] = power.window.reshape(R, P, 2)[..., 0]
+        win[..., 0] = _lower_start(power.window.reshape(R, P, 2)[..., 0], below, _fwhm(kernels, dE)[group], e)
         win[..., 1] = hi[None]
     else:
         try: win = np.broadcast_to(np.asarray(windows, float), (R,) + pix + (2,)).reshape(R, P, 2).copy()
@@ -385,7 +397,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
     pos_all[failed], h_all[failed] = np.nan, np.nan
     shp = (R,) + pix
     settings = dict(model="excitons", exponent=None, b_bounds=(lo_b, hi_b), weights=weights, jitter=power is not None and bool(power.settings.get("jitter")),
-                    windows="fit_band_gap e_lo" if power is not None else "given", e_hi=e_hi if power is not None else None,
+                    windows=f"fit_band_gap e_lo - {below:g} eV (not under 1 ZLP FWHM)" if power is not None else "given", below=float(below) if power is not None else None, e_hi=e_hi if power is not None else None,
                     exciton_windows=xw, exciton_positions="given" if exciton_positions is not None else "per replica",
                     exciton_fwhm=float(exciton_fwhm), gated=bool(gated), n_b=int(n_b), grid_step=float(grid_step),
                     min_points=int(min_points), min_significance=float(min_significance), kernel_range=float(kernel_range),
