@@ -131,6 +131,21 @@ def _replica_stats(xr, min_rep=5):
     floor = 0.1 * np.median(noise, -1, keepdims=True) + 1e-12  # a channel where all replicas agree gets no infinite weight
     return med, np.maximum(noise, floor)
 
+def _fixed_counts(xr, resolution, pix, c0, c1)->np.ndarray|None:
+    """The measured counts (P, C) on channels c0:c1 when every replica subtracts its ZLP from the *same* counts
+    (inelastic + resolution equal across replicas, as in the replica method), else None (e.g. Poisson-redrawn replicas,
+    whose spread already holds the counting noise, or a resolution that is not the replicas' own ZLP)."""
+    R = xr.shape[0]
+    if resolution is None or R < 2: return None
+    r = np.asarray(resolution)
+    if r.shape != (R,) + tuple(pix) + (xr.shape[-1],): return None
+    rr = r.reshape(xr.shape)
+    a = xr[0, :, c0:c1].astype(float) + rr[0, :, c0:c1]
+    b = xr[-1, :, c0:c1].astype(float) + rr[-1, :, c0:c1]
+    if not np.all(np.isfinite(a)): return None
+    d = np.abs(a - b) / np.sqrt(np.maximum(np.abs(a), 1.0))
+    return a if np.median(d) < 0.01 else None   # Poisson redraws give ~0.95
+
 # %% ../nbs/07_bandgap.ipynb #3387ca3f
 def _splitmix(x):
     "splitmix64 finaliser of uint64 arrays (wrapping arithmetic)."
@@ -689,6 +704,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  exponent=None, # None: free within `b_bounds`; or fixed b (0.5 direct, 1.5 indirect)
                  resolution=None, # the ZLP as resolution function: (n_E,), (..., n_E) or replicas (n_rep, ..., n_E); None: no blur
                  sigma=None, # noise per channel: None = replica spread; 'uniform'; or an array broadcastable to the data
+                 counting_noise:bool=True, # with sigma=None: add the measured counts' Poisson variance where the replicas share the counts
                  jitter:bool=None, # vary the window per replica (default: True for automatic, False for a given window)
                  level=(0.05, 0.8), # automatic e_hi: fraction of the first maximum, drawn log-uniformly per replica
                  margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica ...
@@ -745,7 +761,13 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     ec, xc, C = e[c0:c1], xr[:, :, c0:c1], c1 - c0
     med, noise = _replica_stats(xc)
     if sigma is None:
-        sig, weights = noise, ("replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)")
+        weights = "replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)"
+        if counting_noise:
+            fixed = _fixed_counts(xr, resolution, pix, c0, c1)
+            if fixed is not None:   # the replicas share the measured counts: their Poisson noise is not in the spread
+                noise = np.sqrt(noise ** 2 + np.maximum(fixed, 1.0))
+                weights += " + counting noise of the measured counts"
+        sig = noise
     elif isinstance(sigma, str):
         if sigma != "uniform": raise ValueError(f"sigma: expected None, 'uniform' or an array, got {sigma!r}.")
         sig, weights = np.ones((1, C)), "uniform"
@@ -823,7 +845,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if edges == "keep": failed &= ~np.isin(reason, EDGE_REASONS)   # an edge fit is a result, not a failure
     for v in out.values(): v[failed] = np.nan
     shp = (R,) + pix
-    settings = dict(exponent=exponent, b_bounds=b_bounds, weights=weights, jitter=jit, level=level, margin=margin,
+    settings = dict(exponent=exponent, b_bounds=b_bounds, weights=weights, counting_noise=counting_noise, jitter=jit, level=level, margin=margin,
                     margin_fwhm=margin_fwhm, edges=edges,
                     min_span=min_span, extend=extend, edge_jitter=edge_jitter, min_points=min_points,
                     min_significance=min_significance, kernel_range=kernel_range, grid_step=grid_step, n_b=n_b,
