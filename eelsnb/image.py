@@ -15,7 +15,8 @@ from .io import check_energy, check_counts
 from .bandgap import Summary, summarize, fit_band_gap
 from .physics import t_over_lambda, find_peaks, WS2_EXCITON_WINDOWS
 from .cluster import Clusters, cluster_thickness
-from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step)
+from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
+                             single_thread_kernels)
 
 # %% auto #0
 __all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 'analyse_chunk', 'jsonable',
@@ -327,7 +328,7 @@ ImageResults.load = classmethod(_load)
 
 # %% ../nbs/10_image.ipynb #abd014e8
 def torch_threads()->int:
-    "The intra-op threads torch uses (OMP_NUM_THREADS or the cores): `analyse_image(workers=None)` uses as many chunk workers. (The default is 1: on the shared 2-core test machine two workers took more CPU and wall time than one.)"
+    "The intra-op threads torch uses (OMP_NUM_THREADS or the cores): `analyse_image(workers=None)`, the default, analyses as many chunks at once, each thread with one torch thread (`single_thread_kernels`: two chunk threads each starting two torch threads ran 3x slower than one chunk thread on 2 cores)."
     import torch
     return max(1, int(torch.get_num_threads()))
 
@@ -346,7 +347,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                   chunk_pixels:int|None=None, # pixels per chunk; None: from max_memory
                   max_memory:float=2**30, # bytes for one chunk's replicas (ZLP, inelastic, fits)
                   progress:bool=True, # progress bars (training and chunks)
-                  workers:int|None=1, # chunks analysed at once (threads; each holds its chunk's replicas); None: torch's thread count
+                  workers:int|None=None, # chunks analysed at once (threads, one torch thread each; each holds its chunk's replicas); None: torch's thread count (OMP_NUM_THREADS or the cores)
                   clusters=None, # precomputed Clusters (or (ny, nx) labels); None: cluster_thickness
                   dE1=None, dE2=None, # training window per cluster (eV); None: from the data
                   window=None, # band-gap window (e_lo, e_hi) eV; None: automatic, varied per replica
@@ -418,7 +419,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     else:   # `workers` chunks analysed at once in threads (numpy releases the GIL) while the next one is interpolated
         from concurrent.futures import ThreadPoolExecutor
         pending = []
-        with ThreadPoolExecutor(workers) as pool:
+        with single_thread_kernels(), ThreadPoolExecutor(workers) as pool:
             for i, ch in enumerate(it):
                 if len(pending) == workers:
                     index, out, buf = pending.pop(0).result(); collect(index, out); inel.append(buf); bar.update()

@@ -5,6 +5,7 @@
 # %% ../nbs/06_subtract.ipynb #b73b1f5e
 from __future__ import annotations
 import math, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,9 @@ from .bandgap import Summary, summarize, _median0, _nan_percentiles
 
 # %% auto #0
 __all__ = ['AXIS_KEYS', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis', 'training_axis', 'check_energy_for',
-           'model_conditions', 'check_zlp_scale', 'spectrum_signal', 'Subtraction', 'subtract', 'lazy_empty',
-           'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid', 'ImageChunk', 'ImageSubtraction',
-           'subtract_image', 'memory_check']
+           'model_conditions', 'check_zlp_scale', 'spectrum_signal', 'Subtraction', 'subtract', 'single_thread_kernels',
+           'lazy_empty', 'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid', 'ImageChunk',
+           'ImageSubtraction', 'subtract_image', 'memory_check']
 
 # %% ../nbs/06_subtract.ipynb #2368a4d6
 AXIS_KEYS = ("energy_first", "energy_step", "energy_channels")
@@ -227,6 +228,21 @@ def _unscale(ensemble, names, s:np.ndarray)->dict:
     x = (s - a) * ((sc.hi[idx] - sc.lo[idx]) / (b - a)) + sc.lo[idx]
     return {n: x[:, i] for i, n in enumerate(names)}
 
+@contextmanager
+def single_thread_kernels():
+    "torch's intra-op threads and the BLAS/OpenMP thread pools (threadpoolctl) set to 1 inside the block, restored after: for work spread over Python threads, each of which would otherwise start its own kernel threads (on 2 cores, two chunk threads over two-thread kernels ran 3x slower than one thread)."
+    from threadpoolctl import threadpool_limits
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1): yield
+    finally: torch.set_num_threads(n)
+
+def _positive(name, v)->int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: need a positive integer, got {v!r}.")
+    return int(v)
+
 def lazy_empty(shape:tuple, dtype=np.float32)->np.ndarray:
     "An uninitialised array on anonymous memory: pages count only once written, in 4 KiB pages (no huge pages)."
     import mmap
@@ -238,8 +254,9 @@ def fast_log_zlp(ensemble, # a trained ZLPEnsemble
                  values:dict, # condition name -> (k,) values
                  chunk:int=512, # points per forward block (cache-sized: 1.3x faster than 2048 and 4x faster than 8192 here; the same values)
                  out=None, # (n_rep, k, n_E) array to write into (e.g. float32 rows of a store); None: a new float64 array
+                 workers:int|None=None, # threads sharing the blocks; None: torch's thread count (1 inside `single_thread_kernels`)
                 )->np.ndarray: # (n_rep, k, n_E) ln I, float64 (or `out`)
-    "`ensemble.predict(energy, values, log=True)` for condition vectors, faster on the CPU: numpy's vectorised tanh (5x faster than torch's here) in cache-sized blocks; the same networks, equal to float32 rounding."
+    "`ensemble.predict(energy, values, log=True)` for condition vectors, faster on the CPU: numpy's vectorised tanh (5x faster than torch's here) in cache-sized blocks, shared by `workers` threads; the same networks, equal to float32 rounding (and the same values for any number of workers)."
     net = ensemble.net
     p0 = next(net.parameters())
     if p0.device.type != "cpu" or getattr(net, "_act", None) is not torch.tanh or not hasattr(net, "weights"):
@@ -261,14 +278,23 @@ def fast_log_zlp(ensemble, # a trained ZLPEnsemble
     res, out = out, out.reshape(R, P)    # a view: rows of one replica are contiguous
     if not np.shares_memory(res, out): raise ValueError("out: its (k, n_E) rows per replica must be contiguous.")
     Wt = [W.transpose(1, 2) for W in net.weights]; bt = [b.transpose(1, 2) for b in net.biases]
-    with torch.no_grad():
-        for a in range(0, P, chunk):
-            zt = torch.as_tensor(z[a:a + chunk], dtype=p0.dtype)
-            h = zt.expand(R, *zt.shape).transpose(1, 2)
-            for i in range(last + 1):
-                h = torch.baddbmm(bt[i], Wt[i], h)
-                if i < last: np.tanh(h.numpy(), out=h.numpy())
-            out[:, a:a + chunk] = (h[:, 0, :] * net.out_scale[:, None] + net.out_shift[:, None]).numpy()
+    def run(a0, a1):   # blocks a0, a0 + chunk, ... < a1: the same block boundaries whoever runs them
+        with torch.no_grad():
+            for a in range(a0, a1, chunk):
+                zt = torch.as_tensor(z[a:a + chunk], dtype=p0.dtype)
+                h = zt.expand(R, *zt.shape).transpose(1, 2)
+                for i in range(last + 1):
+                    h = torch.baddbmm(bt[i], Wt[i], h)
+                    if i < last: np.tanh(h.numpy(), out=h.numpy())
+                out[:, a:a + chunk] = (h[:, 0, :] * net.out_scale[:, None] + net.out_shift[:, None]).numpy()
+    n_blocks = -(-P // chunk)
+    nw = min(n_blocks, torch.get_num_threads() if workers is None else _positive("workers", workers))
+    if nw <= 1: run(0, P)
+    else:      # contiguous runs of whole blocks per thread; torch and numpy release the GIL in the heavy calls
+        from concurrent.futures import ThreadPoolExecutor
+        cuts = [chunk * (n_blocks * j // nw) for j in range(nw + 1)]
+        with single_thread_kernels(), ThreadPoolExecutor(nw) as pool:
+            list(pool.map(run, cuts[:-1], cuts[1:]))
     if not np.isfinite(out.sum()) and not np.all(np.isfinite(out)):   # a finite sum proves all finite (one pass)
         raise ValueError("predict: the networks returned non-finite values; the model is corrupt.")
     return res
@@ -473,7 +499,7 @@ def _principal(s:np.ndarray, max_points:int=200_000, seed:int=0)->tuple:
     return c, v
 
 def _layout(zmin, zmax, h, collapse=0.25)->tuple:
-    "First node, step and number of nodes per axis for spacing h (nodes zmin + k h: halving h nests the grids); axes narrower than collapse*h get one node."
+    "First node, step and number of nodes per axis for spacing h (nodes zmin + k h: dividing h by a whole number nests the grids); axes narrower than collapse*h get one node."
     ext = zmax - zmin
     n = np.where(ext <= collapse * h, 1, np.ceil(ext / h - 1e-9).astype(int) + 1)
     step = np.where(n > 1, h, 1.0)
@@ -557,9 +583,9 @@ def condition_grid(ensemble, # a trained ZLPEnsemble
         history.append(dict(step=float(h), shape=list(shape), nodes=g.n_nodes, error_ratio=g.error_ratio))
         g.history = list(history)
         if n_grid is not None or exact is None or g.error_ratio < tol: return g
-        # the error falls about as h^2: halve h as often as needed to expect 0.9 tol, at most 3 times per step (the
-        # law holds only on fine grids); the grids nest, so the nodes of this step are reused
-        h /= 2.0 ** int(np.clip(np.ceil(0.5 * np.log2(g.error_ratio / (0.9 * tol))), 1, 3))
+        # the error falls about as h^2: divide h by the smallest whole factor expected to reach 0.9 tol, 2 to 8 per
+        # step (the law holds only on fine grids); the grids nest, so the nodes of this step are reused
+        h /= float(np.clip(np.ceil(np.sqrt(g.error_ratio / (0.9 * tol)) - 1e-9), 2, 8))
     raise ValueError(f"tol: the grid did not reach an error ratio below {tol} after {len(history)} refinements "
                      f"(last {history[-1]['error_ratio']:.3g}); raise tol or use ensemble.predict.")
 
