@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_large.ipynb #f592342c
 from __future__ import annotations
-import contextlib, io, json, math, os, shutil, time, warnings
+import contextlib, io, json, math, os, shutil, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from .io import check_energy
 from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
-from .physics import t_over_lambda, WS2_EXCITON_WINDOWS
-from .image import analyse_chunk, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .physics import WS2_EXCITON_WINDOWS
+from .image import analyse_chunk, analysed_channels, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
 __all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'block_quality',
@@ -166,32 +166,33 @@ def _store_names(names:list)->list:
     return [f"{n}__{w}" for n in names for w in ("median", "low", "high", "n_valid")] + ["n_failed"]
 
 _CTX = {}
+_LOCK = threading.RLock()   # blocks may run in threads of one process (serial runs): one loader at a time
 
 def _context(out_dir)->dict:
     "Everything a block task needs, loaded once per process from the run directory (settings, source, model, grid)."
     out = Path(out_dir)
     run = json.loads((out / RUN_FILE).read_text())
     key = (str(out.resolve()), run["fingerprint"], run.get("stage"))
-    if key in _CTX: return _CTX[key]
-    ctx = dict(run=run, out=out, energy=np.asarray(run["energy"]), bad=np.asarray(run["bad_channels"], bool))
-    ctx["src"] = open_si(run["source"]["path"]) if run["source"].get("path") else None
-    _CTX.clear(); _CTX[key] = ctx
-    return ctx
+    with _LOCK:
+        if key in _CTX: return _CTX[key]
+        ctx = dict(run=run, out=out, energy=np.asarray(run["energy"]), bad=np.asarray(run["bad_channels"], bool))
+        ctx["src"] = open_si(run["source"]["path"]) if run["source"].get("path") else None
+        _CTX.clear(); _CTX[key] = ctx
+        return ctx
 
 def _model(ctx:dict):
     "The saved ensemble and grid of a run (loaded once per process, again when the files change)."
     stamp = tuple((ctx["out"] / f).stat().st_mtime_ns for f in ("model/model.json", "grid.npz"))
-    if ctx.get("stamp") != stamp:
-        ctx["stamp"] = stamp
+    with _LOCK:
+        if ctx.get("stamp") == stamp: return ctx["ensemble"], ctx["grid"]
         from eelsnb.ensemble import ZLPEnsemble
-        import torch
-        torch.set_num_threads(1)
         ctx["ensemble"] = ZLPEnsemble.load(ctx["out"] / "model")
         ctx["grid"] = load_grid(ctx["out"] / "grid.npz", ctx["ensemble"])
         p1 = ChunkStore.open(ctx["out"] / "work/pass1.zarr", tuple(ctx["run"]["shape"]), list(P1_NAMES), ctx["run"]["rows"],
                              ctx["run"]["fingerprint"], dtypes=P1_DTYPES)
         ctx["p1"] = p1
-    return ctx["ensemble"], ctx["grid"]
+        ctx["stamp"] = stamp
+        return ctx["ensemble"], ctx["grid"]
 
 # %% ../nbs/14_large.ipynb #3ad088c4
 def save_grid(grid, path)->Path:
@@ -312,19 +313,27 @@ def pass2_block(out_dir, b:int, data=None)->dict:
         src = ok[np.clip(np.searchsorted(ok, np.arange(m)), 0, len(ok) - 1)]
         y[masked] = y[src[masked]]
         for n in cond: cond[n] = np.where(masked, cond[n][src], cond[n])
-        cp = int(run["chunk_pixels"])
-        zbuf = np.empty(R * min(cp, m) * nE, np.float32); ibuf = np.empty_like(zbuf)
-        rb = max(1, math.ceil(R / 4)); tbuf = np.empty(rb * min(cp, m) * nE, np.float32)   # gather buffer, reused
+        cp = min(int(run["chunk_pixels"]), m)
+        akw = run["analysis_kw"]
+        # only the channels the analysis reads leave the cache (none for t/lambda), with every replica's ZLP integral
+        # over all channels (`ConditionGrid.interpolate_kept`), as analyse_image does
+        if run["analysis"] == "thickness": used = slice(0, 0)
+        else: used = analysed_channels(e, akw.get("window"), akw.get("exciton_windows"), akw.get("plasmon_window"),
+                                       akw.get("exciton_smooth", 0.1), akw.get("bandgap_kw"))[2]
+        kc = used.stop - used.start
+        zbuf = np.empty(R * cp * kc, np.float32); ibuf = np.empty_like(zbuf)
+        slab = np.empty(cp * nE, np.float32); tbuf = np.empty_like(slab)   # one replica's full chunk and gather buffer
         for j, a in enumerate(range(0, m, cp)):
             z = min(a + cp, m); k = z - a
-            rows_, w_ = grid.prepare({n: v[a:z] for n, v in cond.items()})
-            zlp = grid.interpolate(rows_, w_, out=zbuf[:R * k * nE].reshape(R, k, nE), block=rb, tmp=tbuf)
+            with _LOCK: rows_, w_ = grid.prepare({n: v[a:z] for n, v in cond.items()})   # (adds missing nodes: one thread)
+            zlp, sums = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf)
             seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
-            if run["analysis"] == "thickness":
-                summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda(y[a:z], zlp, e))}, np.zeros(k, np.int64), {}
+            if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    summ, nf, rs = {"t_over_lambda": summarize(np.log(y[a:z].sum(-1, dtype=np.float64) / sums))}, np.zeros(k, np.int64), {}
             else:
-                summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * nE].reshape(R, k, nE), seed=seed,
-                                             **run["analysis_kw"])
+                summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
+                                             zlp_sum=sums, zlp_channels=used, **akw)
             for n in names:
                 for w in range(4): res[n][w][a:z] = summ[n][w]
             n_failed[a:z] = nf
@@ -358,15 +367,30 @@ def _client(scheduler, n_workers:int):
         if isinstance(scheduler, _C): yield scheduler
         else: raise ValueError(f"scheduler: expected None/'serial', 'local', an address 'tcp://host:port' or a dask Client, got {scheduler!r}.")
 
-def _run_blocks(fn, out_dir, blocks:list, client, src:LazySI, rows:int, progress:bool, desc:str)->list:
-    "Run fn(out_dir, b[, data]) for every block, serially or on the dask client; results in completion order."
+def _run_blocks(fn, out_dir, blocks:list, client, src:LazySI, rows:int, progress:bool, desc:str, threads:int=1)->list:
+    "Run fn(out_dir, b[, data]) for every block, in this process on `threads` threads or on the dask client; results in completion order."
     need_data = src.path is None
     ny = src.shape[0]
     data = lambda b: src.rows(b * rows, min((b + 1) * rows, ny)) if need_data else None
     out = []
     bar = tqdm(total=len(blocks), disable=not progress, desc=desc)
     if client is None:
-        for b in blocks: out.append(fn(str(out_dir), b, data(b))); bar.update()
+        nt = max(1, min(int(threads or 1), len(blocks)))
+        # `nt` blocks at once in threads of this process (numpy, zarr and torch release the GIL in the heavy calls), one
+        # torch/BLAS thread each, at most nt blocks read ahead; each block's numbers do not depend on how it is run
+        from eelsnb.subtract import single_thread_kernels
+        with single_thread_kernels():
+            if nt == 1:
+                for b in blocks: out.append(fn(str(out_dir), b, data(b))); bar.update()
+            else:
+                from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
+                todo, running = list(blocks), set()
+                with ThreadPoolExecutor(nt) as pool:
+                    while todo or running:
+                        while todo and len(running) < nt:
+                            b = todo.pop(0); running.add(pool.submit(fn, str(out_dir), b, data(b)))
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        for f in done: out.append(f.result()); bar.update()
     else:
         from dask.distributed import as_completed
         window = 2 * max(1, len(client.scheduler_info()["workers"]))
@@ -415,6 +439,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                   reuse_grid:bool=False, # with `model` a run directory: also use its condition grid (fixed interpolation)
                   scheduler=None, # None/'serial', 'local' (LocalCluster), 'tcp://host:port', or a dask Client
                   n_workers:int=2, # workers of a 'local' cluster
+                  threads:int|None=None, # without a scheduler: blocks analysed at once in threads of this process (each with its own max_memory); None: torch's thread count (OMP_NUM_THREADS or the cores)
                   resume:bool=True, # continue a run found in out_dir; False: refuse a non-empty out_dir
                   overwrite:bool=False, # start afresh in an out_dir that holds another run
                   rows:int|None=None, # scan rows per block (a zarr chunk, a task); None: ~4096 pixels per block
@@ -438,6 +463,10 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     src = open_si(si, energy)                                              # all input checks before any work
     e = src.energy; ny, nx = src.shape; nE = len(e); P = ny * nx
     K, seed = _check_int("n_clusters", n_clusters), _check_int("seed", seed, 0)
+    if threads is None:
+        import torch
+        threads = torch.get_num_threads()
+    threads = _check_int("threads", threads)
     if analysis not in ("full", "thickness"): raise ValueError(f"analysis: expected 'full' or 'thickness', got {analysis!r}.")
     if fmt not in ("zspy", "hspy"): raise ValueError(f"fmt: expected 'zspy' or 'hspy', got {fmt!r}.")
     if not (max_memory > 0): raise ValueError(f"max_memory: need a positive number of bytes, got {max_memory!r}.")
@@ -507,7 +536,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             # ---- pass 1 ----
             p1 = ChunkStore.open(out / "work/pass1.zarr", (ny, nx), list(P1_NAMES), rows, fp, dtypes=P1_DTYPES)
             todo = p1.pending()
-            _run_blocks(pass1_block, out, todo, client, src, rows, progress, "pass 1 (quality, proxy)")
+            _run_blocks(pass1_block, out, todo, client, src, rows, progress, "pass 1 (quality, proxy)", threads)
             secs["pass1"] = time.perf_counter() - t; t = time.perf_counter()
             d = _read_p1(out, run)
             flags, masked = d["flags"].copy(), d["masked"].astype(bool)
@@ -573,7 +602,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             # ---- pass 2 ----
             st = ChunkStore.open(out / "work/maps.zarr", (ny, nx), _store_names(names), rows, fp)
             todo = st.pending()
-            res2 = _run_blocks(pass2_block, out, todo, client, src, rows, progress, "pass 2 (maps)")
+            res2 = _run_blocks(pass2_block, out, todo, client, src, rows, progress, "pass 2 (maps)", threads)
             secs["pass2"] = time.perf_counter() - t; t = time.perf_counter()
         secs["blocks_done_before"] = int(st.n_blocks - len(todo))
         reasons = {}
