@@ -289,14 +289,17 @@ def versions()->dict:
 
 def _is_summary(v)->bool: return isinstance(v, dict) and {"median", "low", "high"} <= set(v)
 
-def _num(x, digits:int=4)->str:
+def _num(x, digits:int=4, zeros:bool=False)->str:
     try: x = float(x)
     except (TypeError, ValueError): return "n/a"
-    return f"{x:.{digits}g}" if math.isfinite(x) else "n/a"
+    if not math.isfinite(x): return "n/a"
+    if not zeros: return f"{x:.{digits}g}"
+    s = f"{x:#.{digits}g}"          # significant zeros kept: 2.00, not 2, beside 1.39
+    return s[:-1] if s.endswith(".") else s
 
-def format_summary(s:dict, digits:int=4)->str:
+def format_summary(s:dict, digits:int=4, zeros:bool=False)->str:
     "`median [low, high]` of a summary dict; `n/a` for missing or non-finite values."
-    return f"{_num(s.get('median'), digits)} [{_num(s.get('low'), digits)}, {_num(s.get('high'), digits)}]"
+    return f"{_num(s.get('median'), digits, zeros)} [{_num(s.get('low'), digits, zeros)}, {_num(s.get('high'), digits, zeros)}]"
 
 def _summaries(d, prefix="")->list:
     "All (name, summary) pairs in a nested dict, outside settings/versions/samples."
@@ -417,11 +420,11 @@ def _add_cli_info(stage:Path, info:dict):
 
 def _print_samples(d:dict):
     for s in d.get("samples", []):
-        print(f"{s.get('file')}: band gap {format_summary(s.get('band_gap', {}), 3)} eV, "
-              f"exponent {format_summary(s.get('exponent', {}), 3)}, "
-              f"t/lambda {format_summary(s.get('t_over_lambda', {}), 3)}, dE1 {_cell(s.get('dE1'))} eV, "
+        print(f"{s.get('file')}: band gap {format_summary(s.get('band_gap', {}), 3, True)} eV, "
+              f"exponent {format_summary(s.get('exponent', {}), 3, True)}, "
+              f"t/lambda {format_summary(s.get('t_over_lambda', {}), 3, True)}, dE1 {_cell(s.get('dE1'))} eV, "
               f"dE2 {_cell(s.get('dE2'))} eV" + ("" if "band_gap_power" not in s else
-              f"; power law: band gap {format_summary(s['band_gap_power'], 3)} eV, exponent {format_summary(s['exponent_power'], 3)}"), flush=True)
+              f"; power law: band gap {format_summary(s['band_gap_power'], 3, True)} eV, exponent {format_summary(s['exponent_power'], 3, True)}"), flush=True)
 
 def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
     log(f"writing {out}")
