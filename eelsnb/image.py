@@ -102,7 +102,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     if plasmon_window is not None:
         cs = crops[-1]
         p = find_peaks(inl[..., loc(cs)], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
-                       min_height=plasmon_min_height * i0, chunk=4096)
+                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1)   # 0.1 eV bins, as `plasmon`
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     return out, n_failed, fit.failed_by_reason()
 
