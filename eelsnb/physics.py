@@ -459,7 +459,10 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
     parts = []
     for i in range(0, s2.shape[0], int(chunk)):
         y = s2[i:i + int(chunk), a:b].astype(np.float64)
-        if f > 1: y = y.reshape(len(y), -1, f).mean(-1)
+        if f > 1:   # bin means as f strided sums (4x faster than a mean over a short last axis)
+            yb = y[:, 0::f].copy()
+            for j in range(1, f): yb += y[:, j::f]
+            y = yb * (1.0 / f)
         if smooth: y = gaussian_filter1d(y, sg / f, axis=-1, mode="nearest")
         parts.append(_peak_block(y[:, w0:w0 + nw], ew, dE * f, background, edge, refine))
     pos, width, h, found, wok, bgp = (np.concatenate(v) for v in zip(*parts))
