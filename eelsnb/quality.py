@@ -28,6 +28,11 @@ def _predict(x:np.ndarray, skip:bool=False)->np.ndarray:
 
 def _running_median(xp:np.ndarray, w:int, n:int)->np.ndarray:
     "Median of the w-channel windows of an edge-padded array xp (..., n + w - 1) -> (..., n) (w odd)."
+    if w == 5:   # Devillard's 7 compare-exchanges (a selection: the same values as the partition, 4x faster)
+        p = [xp[..., k:k + n] for k in range(5)]
+        for i, j in ((0, 1), (3, 4), (0, 3), (1, 4), (1, 2), (2, 3), (1, 2)):
+            p[i], p[j] = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
+        return p[2]
     v = np.lib.stride_tricks.sliding_window_view(xp, w, axis=-1)[..., :n, :]
     return np.partition(v, w // 2, axis=-1)[..., w // 2]
 
@@ -51,7 +56,7 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
     pad = lambda a, h: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(h, h)], mode="edge")
     for _ in range(int(passes)):
         p = np.minimum(_predict(x), _predict(x, skip=True))
-        m5 = _running_median(pad(x, 2), 5, n)   # running medians by np.partition on sliding windows (no copies)
+        m5 = _running_median(pad(x, 2), 5, n)   # running medians: a compare-exchange network (5), np.partition on sliding windows (11)
         ref = np.maximum(p, m5) # a spike's neighbour has p far below (the spike pulls it), never m5
         wide = _running_median(pad(x, 5), 11, n)
         level = np.maximum(np.maximum(ref, wide), 0)
