@@ -16,11 +16,11 @@ from .bandgap import Summary, summarize, fit_band_gap
 from .physics import t_over_lambda, find_peaks, WS2_EXCITON_WINDOWS
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
-                             single_thread_kernels)
+                             single_thread_kernels, _positive)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 'analyse_chunk', 'jsonable',
-           'ImageResults', 'torch_threads', 'analyse_image']
+__all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 't_over_lambda_sums',
+           'analyse_chunk', 'jsonable', 'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -45,6 +45,15 @@ def analysed_channels(energy, # energy axis (eV)
              for w in (exciton_windows or ())]
     if plasmon_window is not None: crops.append(_crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5))
     return cb, crops, slice(min(c.start for c in [cb] + crops), max(c.stop for c in [cb] + crops))
+
+def t_over_lambda_sums(counts, # (m, n_E) measured counts
+                        i0, # (n_rep, m) ZLP integrals of the replicas (e.g. `ImageChunk.zlp_sum`)
+                       )->np.ndarray: # (n_rep, m) t/lambda per replica
+    "`eelsnb.physics.t_over_lambda` (log-ratio) from the ZLP replicas' integrals, with its check on them."
+    i0 = np.asarray(i0, np.float64)
+    if not (np.all(np.isfinite(i0)) and np.all(i0 > 0)):                 # what t_over_lambda checks, on the sums
+        raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
+    return np.log(np.asarray(counts).sum(-1, dtype=np.float64)[None] / i0)
 
 def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   zlp, # (n_rep, m, n_E) ZLP replicas (counts), or (n_rep, m, k) on channels `zlp_channels` only
@@ -77,10 +86,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     else:
         i0 = np.asarray(zlp_sum, np.float64)
         if i0.shape != (R, m): raise ValueError(f"zlp_sum: expected shape {(R, m)}, got {i0.shape}.")
-    if not (np.all(np.isfinite(i0)) and np.all(i0 > 0)):                 # what t_over_lambda checks, on the sums
-        raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
-    tl = np.log(counts.sum(-1, dtype=np.float64)[None] / i0)             # t_over_lambda (log-ratio), sums computed once
-    out["t_over_lambda"] = summarize(tl)
+    out["t_over_lambda"] = summarize(t_over_lambda_sums(counts, i0))
     cb, crops, used = analysed_channels(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
     if used.start < zc.start or used.stop > zc.stop:
         raise ValueError(f"zlp_channels: the ZLP holds channels {zc.start}..{zc.stop - 1}, the analysis needs "
@@ -332,11 +338,6 @@ def torch_threads()->int:
     import torch
     return max(1, int(torch.get_num_threads()))
 
-def _check_positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: need a positive integer, got {v!r}.")
-    return int(v)
-
 def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or eelsnb.synthetic.SyntheticSI
                   energy=None, # energy axis (eV) for arrays
                   n_clusters:int=5, # thickness clusters
@@ -367,9 +368,9 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     if len(shape) != 2:
         raise ValueError(f"si: expected a spectral image with two navigation axes (ny, nx, n_E), got {len(shape)} "
                          f"({shape}); for spectra use eelsnb.analysis.analyse_spectra.")
-    n_clusters, seed = _check_positive_int("n_clusters", n_clusters), int(seed)
+    n_clusters, seed = _positive("n_clusters", n_clusters), int(seed)
     if ensemble is not None: check_energy_for(ensemble, e)   # trained, and on this energy axis: fail before the work
-    else: n_replicas, max_epochs = _check_positive_int("n_replicas", n_replicas), _check_positive_int("max_epochs", max_epochs)
+    else: n_replicas, max_epochs = _positive("n_replicas", n_replicas), _positive("max_epochs", max_epochs)
     data = flat.compute() if hasattr(flat, "compute") else flat
     counts = check_counts(np.asarray(data).reshape(shape + (len(e),)), e, name="si")   # clustering and training need it all
     if clusters is None: clusters = cluster_thickness(counts, e, n_clusters=n_clusters, seed=seed)
@@ -397,7 +398,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     maps, n_failed, reasons = {}, np.zeros(P, int), {}
     seeds = np.random.SeedSequence(seed).generate_state(len(it))
     k = used.stop - used.start
-    workers = max(1, min(int(torch_threads() if workers is None else _check_positive_int("workers", workers)), len(it)))
+    workers = max(1, min(int(torch_threads() if workers is None else _positive("workers", workers)), len(it)))
     it.reuse = workers == 1                 # one ZLP buffer for all chunks, or one per chunk in flight
     inel = [np.empty(R * it.chunk_pixels * k, np.float32) for _ in range(workers)]
     def work(i, ch, buf):

@@ -16,7 +16,7 @@ from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, R
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
-from .image import analyse_chunk, analysed_channels, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .image import analyse_chunk, analysed_channels, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
 __all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'block_quality',
@@ -329,8 +329,7 @@ def pass2_block(out_dir, b:int, data=None)->dict:
             zlp, sums = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf)
             seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    summ, nf, rs = {"t_over_lambda": summarize(np.log(y[a:z].sum(-1, dtype=np.float64) / sums))}, np.zeros(k, np.int64), {}
+                summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda_sums(y[a:z], sums))}, np.zeros(k, np.int64), {}
             else:
                 summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
                                              zlp_sum=sums, zlp_channels=used, **akw)
@@ -463,10 +462,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     src = open_si(si, energy)                                              # all input checks before any work
     e = src.energy; ny, nx = src.shape; nE = len(e); P = ny * nx
     K, seed = _check_int("n_clusters", n_clusters), _check_int("seed", seed, 0)
-    if threads is None:
-        import torch
-        threads = torch.get_num_threads()
-    threads = _check_int("threads", threads)
+    threads = torch_threads() if threads is None else _check_int("threads", threads)
     if analysis not in ("full", "thickness"): raise ValueError(f"analysis: expected 'full' or 'thickness', got {analysis!r}.")
     if fmt not in ("zspy", "hspy"): raise ValueError(f"fmt: expected 'zspy' or 'hspy', got {fmt!r}.")
     if not (max_memory > 0): raise ValueError(f"max_memory: need a positive number of bytes, got {max_memory!r}.")
