@@ -90,14 +90,20 @@ def _pair(v, name):
         raise ValueError(f"{name}: expected a number or a range (low, high) with low <= high, got {v!r}.")
     return float(a[0]), float(a[1])
 
-def _moving_average(x, n):
-    "Centred moving average over `n` channels along the last axis; the edges average what is there."
+def _moving_average(x, n, first=None):
+    """Centred moving average over `n` channels along the last axis; the edges average what is there. `first` (rows,):
+    each row starts at its own channel, as if cut there (the same values to the bit; channels below it are not used)."""
     if n <= 1: return np.asarray(x, float)
     N = x.shape[-1]
-    c = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, -1, dtype=float)], -1)
     j = np.arange(N)
-    i0, i1 = np.clip(j - n // 2, 0, N), np.clip(j - n // 2 + n, 0, N)
-    return (c[..., i1] - c[..., i0]) / (i1 - i0)
+    lo = 0
+    if first is not None:
+        first = np.asarray(first)[:, None]
+        x, lo = np.where(j >= first, x, 0.0), first   # a cumulative sum of exact zeros below `first`
+    c = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, -1, dtype=float)], -1)
+    i0, i1 = np.clip(j - n // 2, lo, N), np.clip(j - n // 2 + n, lo, N)
+    if first is None: return (c[..., i1] - c[..., i0]) / (i1 - i0)
+    return (np.take_along_axis(c, i1, -1) - np.take_along_axis(c, i0, -1)) / np.maximum(i1 - i0, 1)
 
 def _interp_sorted(xs, q):
     "The q-th percentile (numpy's 'linear' method) of data sorted along axis 0."
@@ -117,8 +123,9 @@ def _sorted_blocks(x, block=None):
         np.copyto(xs, x[:, s:s + n]); xs.sort(axis=0)
         yield s, s + n, xs
 
-def _replica_stats(xr, min_rep=5):
-    "Median and noise (half the 16-84% spread; sqrt(|median|) for fewer than `min_rep` replicas) of (n_rep, P, C)."
+def _replica_stats(xr, min_rep=5, first=None):
+    """Median and noise (half the 16-84% spread; sqrt(|median|) for fewer than `min_rep` replicas) of (n_rep, P, C);
+    `first` (P,): the noise floor of each pixel from its channels first.. only."""
     R, P, C = xr.shape
     med, noise = np.empty((P, C)), np.empty((P, C))
     if R >= min_rep:
@@ -128,7 +135,10 @@ def _replica_stats(xr, min_rep=5):
     else:
         med[:] = np.median(xr, 0)
         noise[:] = np.sqrt(np.maximum(np.abs(med), 1.0))
-    floor = 0.1 * np.median(noise, -1, keepdims=True) + 1e-12  # a channel where all replicas agree gets no infinite weight
+    if first is None: floor = 0.1 * np.median(noise, -1, keepdims=True) + 1e-12  # a channel where all replicas agree gets no infinite weight
+    else:
+        floor = np.empty((P, 1))
+        for f in np.unique(first): floor[first == f] = 0.1 * np.median(noise[first == f, f:], -1, keepdims=True) + 1e-12
     return med, np.maximum(noise, floor)
 
 def _fixed_counts(xr, resolution, pix, c0, c1)->np.ndarray|None:
@@ -192,6 +202,7 @@ class OnsetWindow:
     margin: float = 0.3
     min_span: np.ndarray = 0.3
     _rise: tuple = field(default=None, repr=False)  # (energy (C,), normalised running max (P, C), i_onset, i_peak)
+    e_min: np.ndarray = None  # (...) lowest energy a window may reach: each pixel's first searched channel
     def __iter__(self): return iter((self.e_lo, self.e_hi))
 
     def replica_windows(self, n_rep:int, # number of replicas
@@ -213,7 +224,7 @@ class OnsetWindow:
         mar = m0 + (np.asarray(m1) - np.asarray(m0)) * u[1]
         e = self._rise[0]
         e_hi = np.maximum(self._level_energy(lev), np.minimum(self.onset + self.min_span, e[-1]))
-        return np.stack([np.maximum(self.onset - mar, e[0]), e_hi], -1)
+        return np.stack([np.maximum(self.onset - mar, e[0] if self.e_min is None else self.e_min), e_hi], -1)
 
     def _level_energy(self, level):
         "Energy where the running maximum of the rise first reaches `level` x the first maximum, shape of `level`."
@@ -228,19 +239,22 @@ class OnsetWindow:
             out[:, sl] = e[np.clip(n_below, i0[sl], i1[sl])]
         return out.reshape(lev.shape)
 
-def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span):
-    "Onset, first maximum and the normalised running maximum of the smoothed medians (P, n_E) within `search`."
+def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span, first=None):
+    """Onset, first maximum and the normalised running maximum of the smoothed medians (P, n_E) within `search`;
+    `first` (P,): each pixel's search starts at its own channel of `energy` (e.g. one ZLP FWHM above 0 eV)."""
     dE = energy[1] - energy[0]
     S = (energy >= search[0]) & (energy <= search[1])
     if S.sum() < 3: raise ValueError(f"search: the range {search} eV holds fewer than 3 channels of the energy axis.")
     ns = max(1, int(round(smooth / dE)))
     e = energy[S]
-    ms = _moving_average(med, ns)[:, S]
-    nz = np.maximum(_moving_average(noise, ns)[:, S] / np.sqrt(ns), 1e-300)  # noise of the smoothed median
+    ms = _moving_average(med, ns, first)[:, S]
+    nz = np.maximum(_moving_average(noise, ns, first)[:, S] / np.sqrt(ns), 1e-300)  # noise of the smoothed median
     P, C = ms.shape
-    nr = max(1, int(round(run / dE)))
-    cs = np.concatenate([np.zeros((P, 1), np.int64), np.cumsum(ms > z_min * nz, -1)], -1)
     j = np.arange(C)
+    nr = max(1, int(round(run / dE)))
+    above = ms > z_min * nz
+    if first is not None: above &= j[None] >= (np.asarray(first) - np.argmax(S))[:, None]
+    cs = np.concatenate([np.zeros((P, 1), np.int64), np.cumsum(above, -1)], -1)
     full = ((cs[:, np.minimum(j + nr, C)] - cs[:, j]) == nr) & (j + nr <= C)[None]  # nr channels in a row above
     found = full.any(-1)
     i0 = np.where(found, np.argmax(full, -1), 0)
@@ -256,13 +270,15 @@ def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_spa
     r = np.where(j[None] > i1[:, None], np.inf, r)
     return e, found, i0, i1, r
 
-def _onset(e, med, noise, shape, level, margin, min_span, **kw):
-    "OnsetWindow for medians and noise (P, C) on the axis `e`; `min_span` scalar or (P,)."
-    es, found, i0, i1, r = _rise_features(e, med, noise, **kw)
+def _onset(e, med, noise, shape, level, margin, min_span, first=None, **kw):
+    "OnsetWindow for medians and noise (P, C) on the axis `e`; `min_span` scalar or (P,); `first` (P,) as `_rise_features`."
+    es, found, i0, i1, r = _rise_features(e, med, noise, first=first, **kw)
+    e_min = es[0] if first is None else e[np.minimum(np.maximum(first, np.argmax(e >= es[0])), len(e) - 1)].reshape(shape)
     w = OnsetWindow(None, None, es[i0].reshape(shape), es[i1].reshape(shape), found.reshape(shape), level, margin,
-                    np.broadcast_to(np.asarray(min_span, float), (len(i0),)).reshape(shape), _rise=(es, r, i0, i1))
+                    np.broadcast_to(np.asarray(min_span, float), (len(i0),)).reshape(shape), _rise=(es, r, i0, i1),
+                    e_min=None if first is None else e_min)
     w.e_hi = np.maximum(w._level_energy(level), np.minimum(w.onset + w.min_span, es[-1]))
-    w.e_lo = np.maximum(w.onset - margin, es[0])
+    w.e_lo = np.maximum(w.onset - margin, e_min)
     return w
 
 _ONSET_KW = dict(search=(0.2, 10.0), z_min=3.0, run=0.1, smooth=0.1, drop=0.1, max_span=1.0)
@@ -344,12 +360,24 @@ def _median0(x):
         out[a:b] = p[n // 2] if n % 2 else 0.5 * (p[n // 2 - 1].astype(float) + p[n // 2])
     return out.reshape(x.shape[1:])
 
-def _kernels(resolution, energy, pix_shape, n_rep, kernel_range, n_groups):
-    "Unit-sum kernels (G, 2M+1) centred on the channel nearest 0 eV, that channel's energy, and the kernel of each pixel (P,)."
+def _kernels(resolution, energy, pix_shape, n_rep, kernel_range, n_groups, given=None):
+    """Unit-sum kernels (G, 2M+1) centred on the channel nearest 0 eV, that channel's energy, and the kernel of each pixel (P,).
+    `given` (kernels (G, n_E), labels (pixel shape)): those kernels, pixel p using kernels[labels[p]] (no grouping by width)."""
     P = int(np.prod(pix_shape))
+    n_E = len(energy)
+    if given is not None:
+        try: kg, lab = given
+        except (TypeError, ValueError) as err:
+            raise ValueError("kernels: expected (kernels (G, n_E), labels of the pixel shape).") from err
+        kg, lab = np.asarray(kg, float), np.asarray(lab)
+        if kg.ndim != 2 or kg.shape[1] != n_E or len(kg) == 0:
+            raise ValueError(f"kernels: expected kernels of shape (G, {n_E}) on the data's energy axis, got {kg.shape}.")
+        if lab.shape != tuple(pix_shape) or not np.issubdtype(lab.dtype, np.integer) or lab.min(initial=0) < 0 or lab.max(initial=0) >= len(kg):
+            raise ValueError(f"kernels: labels must be integers in [0, {len(kg)}) of the pixel shape {tuple(pix_shape)}, "
+                             f"got {lab.dtype} {lab.shape}.")
+        resolution, lab = kg, lab.reshape(P).astype(np.int64)
     if resolution is None: return np.ones((1, 1)), 0.0, np.zeros(P, int)
     r = np.asarray(resolution)
-    n_E = len(energy)
     if r.shape[-1:] != (n_E,):
         raise ValueError(f"resolution: the last axis must be the energy axis ({n_E} channels), got shape {r.shape}.")
     ic = int(np.argmin(np.abs(energy)))
@@ -358,18 +386,19 @@ def _kernels(resolution, energy, pix_shape, n_rep, kernel_range, n_groups):
     M = int(min(round(kernel_range / (energy[1] - energy[0])), ic, n_E - 1 - ic))
     pix = tuple(pix_shape)
     k = r[..., ic - M:ic + M + 1]
-    if r.ndim > 1 and k.shape[:-1] == (n_rep,) + pix and k.shape[:-1] != pix: k = _median0(k)  # ZLP replicas
+    if given is None and r.ndim > 1 and k.shape[:-1] == (n_rep,) + pix and k.shape[:-1] != pix: k = _median0(k)  # ZLP replicas
     k = np.asarray(k, float)
-    if k.ndim == 1: k = k[None]
+    if k.ndim == 1 or given is not None: k = k.reshape(-1, k.shape[-1])
     elif k.shape[:-1] == pix: k = k.reshape(P, -1)
     else:
         raise ValueError(f"resolution: expected (n_E,), the pixel shape + (n_E,) = {pix + (n_E,)} or replicas first, got "
                          f"{r.shape}; pass the ZLP (e.g. `Subtraction.zlp`) or a vacuum ZLP.")
-    if not np.all(np.isfinite(k)): raise ValueError("resolution: contains NaN or inf.")
+    if not np.all(np.isfinite(k)): raise ValueError(f"{'kernels' if given is not None else 'resolution'}: contains NaN or inf.")
     k = np.clip(k, 0, None)
     tot = k.sum(-1, keepdims=True)
     if np.any(tot <= 0): raise ValueError("resolution: a ZLP is zero or negative everywhere within kernel_range of 0 eV.")
     k = k / tot
+    if given is not None: return k, float(energy[ic]), lab
     if len(k) == 1: return k, float(energy[ic]), np.zeros(P, int)
     if len(k) <= n_groups: return k, float(energy[ic]), np.arange(P)
     width = 1.0 / k.max(-1)  # equivalent width: pixels are grouped by the width of their ZLP (thickness broadening)
@@ -394,6 +423,26 @@ def _powerlaw_grid(L, M, dE, u, bg):
     Q *= pos[:, None, :]
     return Q.reshape(-1, L + M)
 
+_ROWS = 256   # rows per product in `_rows_matmul`
+
+def _rows_matmul(A, B, block:int=_ROWS):
+    """A @ B in float32, in products of exactly `block` rows (the last one zero-padded), so that each row's result
+    depends on that row alone. OpenBLAS picks its kernel by the sizes (small-matrix kernels, gemv for one row), and
+    they round differently: with a plain `A @ B` a fit's last bits would depend on which other fits share its block."""
+    A = np.ascontiguousarray(A, np.float32)
+    M = len(A)
+    out = np.empty((M, B.shape[1]), np.float32)
+    full = M - M % block
+    for s in range(0, full, block): np.matmul(A[s:s + block], B, out=out[s:s + block])
+    if full < M:
+        buf = np.zeros((block, A.shape[1]), np.float32); buf[:M - full] = A[full:]
+        out[full:] = (buf @ B)[:M - full]
+    return out
+
+def _frame_length(length):
+    "Channels of a fit's local frame: its window length rounded up to a multiple of 16 (fits are blocked by it)."
+    return -(-np.asarray(length) // 16) * 16
+
 def _toeplitz(kernel, L):
     "T (L+M, L) float32 with (Q @ T)[i] = sum_m R_m Q[i - m] for curves Q on n = 0 .. L+M-1 (zero below n = 0)."
     M = (len(kernel) - 1) // 2
@@ -416,7 +465,8 @@ def _quadratic_vertex(gain, iu, ib):
     iu_, ib_ = np.clip(iu, 1, nu - 2), np.clip(ib, 1, nb - 2)
     G = np.stack([gain[f, iu_ + int(a), ib_ + int(b)] for a, b in _STENCIL], -1)  # (F, 9)
     inner = (iu == iu_) & (ib == ib_) & np.all(np.isfinite(G), -1)
-    c = np.where(inner[:, None], G, 0.0) @ _QPINV.T                                # (F, 6) quadratic coefficients
+    G = np.where(inner[:, None], G, 0.0)
+    c = sum(G[:, j, None] * _QPINV[None, :, j] for j in range(9))                  # (F, 6) quadratic coefficients (row by row, not BLAS)
     h11, h22, h12 = 2 * c[:, 3], 2 * c[:, 4], c[:, 5]
     det = h11 * h22 - h12 ** 2
     ok = inner & (h11 < 0) & (det > 0)                                              # a maximum
@@ -446,13 +496,13 @@ def _polish(I, w, dE, T, u, b, umax, b_bounds, free_b, n_iter, fallback=None):
         lx = np.log(np.where(pos, X, np.float32(1)))
         if not deriv:
             Q = np.exp(b32 * lx); Q *= pos
-            return (Q @ T).astype(float), None, None
+            return _rows_matmul(Q, T).astype(float), None, None
         S = np.empty((2 + free_b, k, N), np.float32)     # Q, -dQ/du (, dQ/db) side by side: one product with T
         np.exp(b32 * lx, out=S[0]); S[0] *= pos
         lxd = np.maximum(lx, np.float32(np.log(0.5 * dE)))  # d/du is singular at the onset for b < 1: cap it
         np.exp((b32 - 1) * lxd, out=S[1]); S[1] *= b32 * pos
         if free_b: np.multiply(S[0], lx, out=S[2])
-        P = (S.reshape(-1, N) @ T).astype(float).reshape(2 + free_b, k, -1)
+        P = _rows_matmul(S.reshape(-1, N), T).astype(float).reshape(2 + free_b, k, -1)
         return P[0], P[1], (P[2] if free_b else None)
     def project(m):
         smm, sim = (w * m * m).sum(-1), (w * I * m).sum(-1)
@@ -509,14 +559,14 @@ def _fit_frames(I, # data in local frames (F, L): channel j lies j dE above the 
     F, L = I.shape
     M = (len(kernel) - 1) // 2
     umax = (length - min_points) * dE                         # leave >= min_points channels above the gap
-    u = np.arange(0.0, max(umax.max(), 0) + 0.5 * grid_step, grid_step)
+    u = np.arange(0.0, max((L - min_points) * dE, 0) + 0.5 * grid_step, grid_step)   # from the frame: the same grid for every block of L
     bg = np.geomspace(*b_bounds, n_b) if exponent is None else np.array([float(exponent)])
     nu, nb = len(u), len(bg)
     T = _toeplitz(kernel, L)
     Mb = (_powerlaw_grid(L, M, dE, u, bg).astype(np.float32) @ T).astype(float)  # (K, L) blurred power laws
     Mb /= np.maximum(Mb.max(-1, keepdims=True), 1e-300)
-    SIM = (w * I).astype(np.float32) @ Mb.T.astype(np.float32)              # (F, K) float32
-    SMM = w.astype(np.float32) @ (Mb * Mb).T.astype(np.float32)
+    SIM = _rows_matmul(w * I, Mb.T.astype(np.float32))                      # (F, K) float32
+    SMM = _rows_matmul(w, (Mb * Mb).T.astype(np.float32))
     gain = np.maximum(SIM, np.float32(0)).astype(float)                     # A > 0 only (SIM > 0 needs SMM > 0)
     gain *= gain
     gain /= np.maximum(SMM, np.float32(1e-38))                              # in place: few passes over (F, K)
@@ -717,6 +767,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  min_significance:float=5.0, # the onset must lower chi^2 by at least this squared
                  kernel_range:float=3.0, # half width (eV) of the resolution kernel cut from the ZLP (its tails matter)
                  n_groups:int=16, # at most this many distinct kernels (pixels grouped by ZLP width)
+                 kernels=None, # (kernels (G, n_E), labels (pixel shape)): the resolution of each pixel given per group instead; labels chosen from each pixel alone keep its fit independent of the others in the call
                  grid_step:float=0.02, # grid step of the gap (eV) before refinement
                  n_b:int=13, # grid points of a free exponent (geometric)
                  polish:int=2, # Levenberg-Marquardt steps after the grid
@@ -743,15 +794,17 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if bad: raise TypeError(f"fit_band_gap: unexpected keyword arguments {sorted(bad)}; detection settings are {sorted(_ONSET_KW)}.")
     kw = {**_ONSET_KW, **onset_kw}
     kw["search"] = _pair(kw["search"], "search")
-    kernels, e_c, group = _kernels(resolution, e, pix, R, kernel_range, n_groups)
-    fwhm = _fwhm(kernels, dE)[group] if resolution is not None else np.full(P, 0.3)   # (P,) eV
+    blur = resolution is not None or kernels is not None
+    kernels_, e_c, group = _kernels(resolution, e, pix, R, kernel_range, n_groups, kernels)
+    fwhm = _fwhm(kernels_, dE)[group] if blur else np.full(P, 0.3)   # (P,) eV
     span = fwhm if min_span is None else np.full(P, float(min_span))
     ext = span if extend is None else np.full(P, float(extend))
     # only the channels a window can reach take part
+    start = None
     if window is None:
-        if resolution is not None and "search" not in onset_kw:   # within one FWHM of 0 eV the ZLP core rules: no onset sought there
-            kw["search"] = (max(kw["search"][0], float(np.min(fwhm))), kw["search"][1])
         lo_e, hi_e = kw["search"]
+        if blur and "search" not in onset_kw:   # within one FWHM of 0 eV the ZLP core rules: each pixel's search starts above its own
+            start = np.maximum(lo_e, fwhm)
     else:
         lo, hi = _check_window(window, e, min_points)
         lo_e, hi_e = (lo - edge_jitter, hi + edge_jitter) if jitter else (lo, hi)
@@ -759,7 +812,8 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if c1 - c0 < min_points + 2:
         raise ValueError(f"search: ({lo_e}, {hi_e}) eV holds fewer than {min_points + 2} channels of the energy axis.")
     ec, xc, C = e[c0:c1], xr[:, :, c0:c1], c1 - c0
-    med, noise = _replica_stats(xc)
+    first = None if start is None else np.minimum(np.searchsorted(ec, start), C - 1)   # each pixel's first searched channel
+    med, noise = _replica_stats(xc, first=first)
     if sigma is None:
         weights = "replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)"
         if counting_noise:
@@ -787,7 +841,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         if mg[0] < 0 or mf[0] < 0: raise ValueError(f"margin, margin_fwhm: must be >= 0, got {margin!r}, {margin_fwhm!r}.")
         fw = fwhm if resolution is not None else np.zeros(P)   # no resolution: margin alone
         mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
-        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, **kw)
+        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, **kw)
         jit = True if jitter is None else bool(jitter)
         win = np.array(ow.replica_windows(R, lv, mg, seed, pixel_seeds) if jit else
                        np.broadcast_to(np.stack([ow.e_lo, ow.e_hi], -1), (R,) + pix + (2,)), float).reshape(R, P, 2)
@@ -807,20 +861,23 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     top = np.zeros((R, P), bool)
 
     def fit_set(rr, pp):
-        "Fit the replicas/pixels (rr, pp), kernel by kernel, in blocks of similar window length."
-        for g in range(len(kernels)):
-            sel = np.nonzero(group[pp] == g)[0]
-            sel = sel[np.argsort(length[rr[sel], pp[sel]], kind="stable")]  # similar lengths together: less padding
+        """Fit the replicas/pixels (rr, pp), kernel by kernel, in blocks of one frame length: a fit's numbers depend on
+        its own data, kernel and frame alone, not on the other fits of the call (`_rows_matmul`, `_frame_length`)."""
+        lf = _frame_length(length[rr, pp])
+        key = group[pp].astype(np.int64) * (int(lf.max(initial=0)) + 1) + lf
+        order = np.argsort(key, kind="stable")
+        for sel in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+            if not len(sel): continue
+            g, L = int(group[pp[sel[0]]]), int(lf[sel[0]])
             for s in range(0, len(sel), chunk):
                 ix = sel[s:s + chunk]
                 r_, p_ = rr[ix], pp[ix]
                 ln = length[r_, p_]
-                L = int(ln.max())
                 j = np.minimum(i_lo[r_, p_][:, None] + np.arange(L), C - 1)
                 I = xc[r_[:, None], p_[:, None], j].astype(float)
                 sg = sig[r_[:, None], p_[:, None], j] if sig.ndim == 3 else sig[np.minimum(p_, len(sig) - 1)[:, None], j]
                 w = np.where(np.arange(L)[None] < ln[:, None], 1.0 / sg ** 2, 0.0)
-                f = _fit_frames(I, w, ln, dE, kernels[g], exponent, b_bounds, n_b, grid_step, min_points, polish)
+                f = _fit_frames(I, w, ln, dE, kernels_[g], exponent, b_bounds, n_b, grid_step, min_points, polish)
                 eg = ec[np.minimum(i_lo[r_, p_], C - 1)] + f["u"] - e_c
                 code = np.zeros(len(ix), np.int8)
                 code[f["gain"] < min_significance ** 2] = 4
@@ -849,7 +906,8 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                     margin_fwhm=margin_fwhm, edges=edges,
                     min_span=min_span, extend=extend, edge_jitter=edge_jitter, min_points=min_points,
                     min_significance=min_significance, kernel_range=kernel_range, grid_step=grid_step, n_b=n_b,
-                    polish=polish, seed=seed, pixel_seeds=None if pixel_seeds is None else "given", window=window, **kw)
+                    polish=polish, seed=seed, pixel_seeds=None if pixel_seeds is None else "given", window=window,
+                    kernels=None if kernels is None else "given", **kw)
     return BandGapFit(out["band_gap"].reshape(shp), out["exponent"].reshape(shp), out["amplitude"].reshape(shp),
                       out["chi2"].reshape(shp), win.reshape(shp + (2,)), failed.reshape(shp), reason.reshape(shp), e,
-                      onset=ow, kernels=kernels, kernel_energy=e_c, group=group, settings=settings)
+                      onset=ow, kernels=kernels_, kernel_energy=e_c, group=group, settings=settings)

@@ -70,6 +70,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   bandgap_kw:dict|None=None, # more `fit_band_gap` options (kernel_range, search, ...)
                   zlp_sum=None, # (n_rep, m) ZLP integrals over all channels; needed when `zlp` holds only some (e.g. `ImageChunk.zlp_sum`)
                   zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
+                  kernels=None, # (kernels (G, n_E) on the full axis, labels (m,)): resolution kernels per group of pixels (`ConditionGrid.kernels`); None: `fit_band_gap` groups the pixels' ZLPs by width
                  )->tuple: # (summaries: name -> Summary of (m,), n_failed (m,), failed_by_reason dict)
     "Per replica t/lambda, band gap, exponent, exciton and plasmon peaks of one chunk, summarised over replicas."
     e = check_energy(energy)
@@ -98,7 +99,8 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     np.subtract(counts[None, :, used], zlp[..., used.start - zc.start:used.stop - zc.start], out=inl, casting="same_kind")
     loc = lambda c: slice(c.start - used.start, c.stop - used.start)
     fit = fit_band_gap(inl[..., loc(cb)], e[cb], window=window, exponent=exponent,
-                       resolution=zlp[..., cb.start - zc.start:cb.stop - zc.start], seed=seed, **bkw)
+                       resolution=zlp[..., cb.start - zc.start:cb.stop - zc.start], seed=seed,
+                       kernels=None if kernels is None else (np.asarray(kernels[0])[:, cb], kernels[1]), **bkw)
     out["band_gap"], out["exponent"] = fit.summary("band_gap"), fit.summary("exponent")
     n_failed = fit.failed.sum(0)
     for i, (w, cs) in enumerate(zip(exciton_windows or (), crops)):

@@ -331,8 +331,13 @@ def pass2_block(out_dir, b:int, data=None)->dict:
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
                 summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda_sums(y[a:z], sums))}, np.zeros(k, np.int64), {}
             else:
+                # each pixel's resolution kernel: the median ZLP at its nearest kernel-lattice node (its own
+                # conditions alone), so that its band-gap fit does not depend on the other pixels of the chunk
+                with _LOCK:
+                    uk, lab = np.unique(grid.kernel_nodes({n: v[a:z] for n, v in cond.items()}), return_inverse=True)
+                    kern = grid.kernels(uk)
                 summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
-                                             zlp_sum=sums, zlp_channels=used, **akw)
+                                             zlp_sum=sums, zlp_channels=used, kernels=(kern, lab.reshape(-1)), **akw)
             for n in names:
                 for w in range(4): res[n][w][a:z] = summ[n][w]
             n_failed[a:z] = nf
@@ -585,6 +590,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                 from eelsnb.subtract import condition_grid
                 cond = {n: d[n][usable] for n in ens.condition_names}
                 g = condition_grid(ens, e, cond, tol=tol, seed=seed, check_energy_axis=False)
+                if analysis != "thickness": g._ensure(np.unique(g.kernel_nodes(cond)))   # the resolution kernels' nodes, saved with the grid
                 save_grid(g, out / "grid.npz")
             grid = load_grid(out / "grid.npz", ens)
             try: grid.coords({n: d[n][usable] for n in ens.condition_names})

@@ -408,6 +408,26 @@ class ConditionGrid:
         "Store rows of evaluated flat node numbers."
         return self.node_rows[np.minimum(np.searchsorted(self.node_ids, ids), len(self.node_ids) - 1)]
 
+    def kernel_nodes(self, values:dict, # condition values name -> (m,)
+                     per_axis:int=8, # at most this many lattice nodes along each axis
+                    )->np.ndarray: # (m,) flat node numbers
+        """The node nearest each condition vector on a coarser lattice (every k-th node, at most `per_axis` along each
+        axis). A resolution kernel taken there (`kernels`) depends on the pixel's own conditions alone."""
+        u = self.coords(values)
+        n = np.asarray(self.shape)
+        k = np.maximum(1, -(-(n - 1) // max(1, int(per_axis) - 1)))
+        idx = np.clip(np.rint(u / k) * k, 0, (n - 1) // k * k).astype(np.int64)
+        return np.ravel_multi_index(tuple(idx.T), self.shape).astype(np.int64)
+
+    def kernels(self, ids:np.ndarray, # flat node numbers (G,), e.g. the unique `kernel_nodes`
+                channels=slice(None), # channels of the energy axis
+               )->np.ndarray: # (G, k) median ZLP (counts) over the replicas at each node
+        "The ensemble's median ZLP at nodes `ids` (evaluated if missing): resolution kernels for `fit_band_gap(kernels=)`."
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        self._ensure(ids)
+        return np.stack([np.median(np.exp(self.store.data[:, r, channels]), 0) for r in self._rows(ids)]) if len(ids) else \
+            np.zeros((0, len(self.energy[channels])))
+
     def prepare(self, values:dict)->tuple:
         "(rows (m, 2^da) into the node store, weights (m, 2^da)) for condition values; evaluates missing nodes."
         ids, w = self._corners(self.coords(values))
