@@ -96,7 +96,7 @@ def plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316], help="square scans (pixels per side)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 316], help="square scans (pixels per side) of the thickness rows; none: no such rows")
     ap.add_argument("--dask-sizes", type=int, nargs="*", default=[100, 316], help="sizes also run on a 2-worker LocalCluster")
     ap.add_argument("--full-size", type=int, default=40, help="side of the scan of the replica rows (full analysis)")
     ap.add_argument("--replicas", type=int, nargs="*", default=[25, 50, 100, 200])

@@ -631,8 +631,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     inside = lambda w: w[0] >= e[0] and w[1] <= e[-1]
     ex_w = tuple(w for w in exciton_windows if inside(w))
     ex_n = tuple(nm for nm, w in zip(exciton_names, exciton_windows) if inside(w))
-    ex = find_excitons(sub.inelastic, e, windows=ex_w, smooth=0.1) if ex_w else []
-    pl = find_plasmon(sub.inelastic, e, window=plasmon_window) if plasmon_window is not None and inside(plasmon_window) else None
+    # the replicas share the measured counts: each gets its own draw of their Poisson noise in the peak searches
+    ex = find_excitons(sub.inelastic, e, windows=ex_w, smooth=0.1, counts=sub.counts, seed=[seed, 1]) if ex_w else []
+    pl = (find_plasmon(sub.inelastic, e, window=plasmon_window, counts=sub.counts, seed=[seed, 2])
+          if plasmon_window is not None and inside(plasmon_window) else None)
     sec["physics"] = time.perf_counter() - t1
     sec["total"] = time.perf_counter() - t0
     return SpectraResults(e, S, inp["names"], win, ensemble, sub, fit, tl, ex, pl, ex_w, ex_n, V, inp["vacuum_names"],

@@ -104,13 +104,15 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     out["band_gap"], out["exponent"] = fit.summary("band_gap"), fit.summary("exponent")
     n_failed = fit.failed.sum(0)
     for i, (w, cs) in enumerate(zip(exciton_windows or (), crops)):
-        p = find_peaks(inl[..., loc(cs)], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0)
+        p = find_peaks(inl[..., loc(cs)], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0,
+                       counts=counts[:, cs], seed=[seed, 1, i])   # + the counts' Poisson noise, drawn per replica and pixel
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
     if plasmon_window is not None:
         cs = crops[-1]
         p = find_peaks(inl[..., loc(cs)], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
-                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1)   # 0.1 eV bins, as `plasmon`
+                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1,   # 0.1 eV bins, as `plasmon`
+                       counts=counts[:, cs], seed=[seed, 2])
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     return out, n_failed, fit.failed_by_reason()
 

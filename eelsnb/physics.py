@@ -12,7 +12,7 @@ from scipy.fft import rfft, irfft, rfftfreq, next_fast_len
 from scipy.ndimage import gaussian_filter1d
 
 from .io import check_energy, check_counts
-from .bandgap import summarize, Summary
+from .bandgap import summarize, Summary, _splitmix, _seed_int, _pixel_keys
 
 # %% auto #0
 __all__ = ['RECONVOLVE', 'WS2_EXCITON_WINDOWS', 'zlp_intensity', 'summary_maps', 't_over_lambda', 'fourier_log_deconvolution',
@@ -416,6 +416,29 @@ def _peak_block(y, ew, dE, background, edge, refine):
     bgp = y0 + (y1 - y0) * (pos - x0) / (x1 - x0) if background == "linear" else np.zeros_like(pos)
     return pos, np.abs(width), h, found, okl & okr, bgp
 
+_PEAK_DOMAIN = np.uint64(0x5045414B4E4F4953)   # keeps these draws apart from the band-gap windows' (same seed and keys)
+
+def _stream_seed(seed)->np.uint64:
+    "The first half of the Philox key of `_pixel_normals` from the user's seed."
+    return _splitmix(_splitmix(np.uint64(_seed_int(seed))) ^ _PEAK_DOMAIN)
+
+def _pixel_normals(h, key, n_rep:int, n:int)->np.ndarray:
+    """Standard normal draws (n_rep, n) of one pixel: a Philox stream keyed by (`_stream_seed(seed)`, the pixel's key)
+    alone, so a pixel's draws do not depend on the other pixels of the call (12x faster than hashing each draw)."""
+    return np.random.Generator(np.random.Philox(key=np.array([h, key], np.uint64))).standard_normal((n_rep, n))
+
+def _count_noise(counts, lead, n_E, a, b, f, pixel_seeds)->tuple:
+    "Noise sd of each pixel's bin means on channels a:b (P, bins) from its counts, and the pixels' keys (P,)."
+    c = _as_float(counts, "counts")
+    if len(lead) < 1 or c.shape != tuple(lead[1:]) + (n_E,):
+        raise ValueError(f"counts: expected the measured counts of the pixels, shape {tuple(lead[1:]) + (n_E,)} for a signal "
+                         f"of replicas first {tuple(lead) + (n_E,)}; got {c.shape}.")
+    c = c.reshape(-1, c.shape[-1])[:, a:b]
+    _check_finite(c, "counts")
+    v = c[:, 0::f].copy()
+    for j in range(1, f): v += c[:, j::f]
+    return np.sqrt(np.maximum(v, 0.0)) / f, _pixel_keys(pixel_seeds, lead[1:])
+
 def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_rep, ..., n_E)
                energy, # energy axis (eV), (n_E,)
                window:tuple, # (e_lo, e_hi) eV where the peak is sought
@@ -426,6 +449,9 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
                min_height=0.0, # a peak must stand this much above the background: scalar or (...), e.g. 1e-5 * I0
                chunk:int=65536, # spectra per block (bounds memory)
                bin_width:float|None=None, # average channels into bins of about this width (eV) before smoothing and search (broad peaks); None: the channels as they are
+               counts=None, # measured counts (..., n_E) of the pixels (no replica axis) that every replica subtracted its ZLP from: each replica then gets its own draw of their Poisson noise; None: none added
+               seed=0, # seed of those draws (int or numpy Generator)
+               pixel_seeds=None, # per-pixel keys of the draws (pixel shape); None: the flat pixel index
               )->Peaks:
     "Position, FWHM and height of the dominant peak in a window, per replica and pixel (vectorised)."
     e = check_energy(energy, name="energy")
@@ -455,17 +481,30 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
     w0 = (sl.start - a) // f
     eb = e[a:b].reshape(-1, f).mean(-1)                           # bin centres
     ew = eb[w0:w0 + nw]
-    s2 = s.reshape(-1, len(e))
+    if counts is None: s3, sd = s.reshape(1, -1, len(e)), None
+    else:   # replicas first: blocks of whole pixels (all their replicas), whose noise comes from each pixel's own stream
+        sd, key = _count_noise(counts, lead, len(e), a, b, f, pixel_seeds)
+        h = _stream_seed(seed)
+        s3 = s.reshape(lead[0], -1, len(e))
+    R_, P_ = s3.shape[:2]
+    pb = max(1, int(chunk) // R_)
     parts = []
-    for i in range(0, s2.shape[0], int(chunk)):
-        y = s2[i:i + int(chunk), a:b].astype(np.float64)
+    for p0 in range(0, P_, pb):
+        y = s3[:, p0:p0 + pb, a:b].reshape(-1, b - a).astype(np.float64)   # rows (replica, pixel) of this block
         if f > 1:   # bin means as f strided sums (4x faster than a mean over a short last axis)
             yb = y[:, 0::f].copy()
             for j in range(1, f): yb += y[:, j::f]
             y = yb * (1.0 / f)
+        if sd is not None:   # + the measured counts' Poisson noise, a draw per replica and pixel
+            n_p = min(pb, P_ - p0)
+            y3 = y.reshape(R_, n_p, -1)
+            for j in range(n_p):
+                z = _pixel_normals(h, key[p0 + j], R_, y.shape[1])   # (R, bins)
+                z *= sd[p0 + j]
+                y3[:, j] += z
         if smooth: y = gaussian_filter1d(y, sg / f, axis=-1, mode="nearest")
-        parts.append(_peak_block(y[:, w0:w0 + nw], ew, dE * f, background, edge, refine))
-    pos, width, h, found, wok, bgp = (np.concatenate(v) for v in zip(*parts))
+        parts.append([v.reshape(R_, -1) for v in _peak_block(y[:, w0:w0 + nw], ew, dE * f, background, edge, refine)])
+    pos, width, h, found, wok, bgp = (np.concatenate(v, 1).reshape(-1) for v in zip(*parts))
     found &= h > mh
     r = lambda v: v.reshape(lead)
     return Peaks(r(pos), r(width), r(h), r(found), r(wok), r(bgp), (float(ew[0]), float(ew[-1])))
@@ -478,11 +517,14 @@ def excitons(inelastic, # inelastic signal or SSD, (n_rep, ..., n_E)
              background:str|None="linear", # chord background under each exciton
              smooth:float|None=None, # Gaussian smoothing FWHM (eV)
              min_height=0.0, # minimum height above the background (scalar or (...))
+             counts=None, # measured counts (..., n_E) the replicas share: their Poisson noise drawn per replica (see `find_peaks`)
+             seed=0, # seed of those draws
             )->list: # one `Peaks` per window
     "Exciton peaks: `find_peaks` in each window (linear background by default)."
     try: wins = [tuple(w) for w in windows]
     except TypeError: raise ValueError(f"windows: expected a sequence of (e_lo, e_hi) windows, got {windows!r}.") from None
-    return [find_peaks(inelastic, energy, w, background=background, smooth=smooth, min_height=min_height) for w in wins]
+    return [find_peaks(inelastic, energy, w, background=background, smooth=smooth, min_height=min_height, counts=counts,
+                       seed=[_seed_int(seed), i]) for i, w in enumerate(wins)]
 
 def plasmon(signal, # SSD or inelastic signal, (n_rep, ..., n_E)
             energy, # energy axis (eV)
@@ -492,7 +534,9 @@ def plasmon(signal, # SSD or inelastic signal, (n_rep, ..., n_E)
             refine:float|None=2.0, # half-width (eV) of the parabola fitted around the maximum (a broad, flat top)
             min_height=0.0, # minimum height (scalar or (...)), e.g. 1e-5 * I0 to reject vacuum pixels
             bin_width:float|None=0.1, # channels averaged into bins of about this width (eV) first: a peak several eV wide loses nothing, the search costs ~10x less on 25 meV channels; None: every channel
+            counts=None, # measured counts (..., n_E) the replicas share: their Poisson noise drawn per replica (see `find_peaks`)
+            seed=0, # seed of those draws
            )->Peaks:
     "Bulk-plasmon peak: position (plasmon energy), FWHM and height, per replica and pixel."
     return find_peaks(signal, energy, window, background=background, smooth=smooth, refine=refine, min_height=min_height,
-                      bin_width=bin_width)
+                      bin_width=bin_width, counts=counts, seed=seed)
