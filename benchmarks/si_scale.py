@@ -5,7 +5,9 @@ serial versus a 2-worker dask LocalCluster, and the cost versus the number of re
 Inputs are synthetic SIs of 2048 channels written to disk as .zspy first (float32) and opened lazily: a base tile of
 `synthetic_si` (a flake on vacuum) repeated over the scan, each tile with its own beam-current factor, assembled as a
 dask array and streamed to disk (the cube is never in memory). Every row runs in a fresh Python process, so its peak
-RSS (ru_maxrss) is its own; for dask rows the largest worker's peak is reported beside the driver's.
+RSS (ru_maxrss) is its own; for dask rows the largest worker's peak is reported beside the driver's. A serial row
+runs as a user's would, with analyse_large's default of one block thread per core (`threads` in its JSON line); the
+dask rows run 2 worker processes of one thread each.
 
 Rows:
 - `scale`: analysis='thickness' (read, detector faults, proxy and conditions, clusters, condition grid, ZLP replicas of
@@ -54,13 +56,18 @@ res = analyse_large(path, out, progress=False, **kw)
 dt = time.perf_counter() - t0
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 ch = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print("RESULT " + json.dumps(dict(seconds=dt, stages=res.seconds, peak_rss=me, peak_rss_child=ch, n_pixels=res.n_pixels,
+import torch
+print("RESULT " + json.dumps(dict(seconds=dt, stages=res.seconds, peak_rss=me, peak_rss_child=ch, n_pixels=res.n_pixels, threads=torch.get_num_threads(),
                                   grid_nodes=res.grid.get("nodes"), chunk_pixels=res.grid.get("chunk_pixels"))))
 '''
 
 
 def run_row(path, out, kw, timeout):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a serial row runs as a user's does: analyse_large's default, one block thread per core (torch's thread count);
+    # a dask row's workers get one thread each (OMP_NUM_THREADS=1 is inherited by the LocalCluster's processes)
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if kw.get("scheduler"): env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run([sys.executable, "-c", RUN, str(path), str(out), json.dumps(kw)], capture_output=True, text=True,
                        timeout=timeout, env=env)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
@@ -127,7 +134,7 @@ def main(argv=None):
             out = wd / f"run{n}-{mode}"
             r = run_row(path, out, kw, a.timeout)
             if model is None: model = out
-            row = dict(row="scale", mode=mode, spectra=n * n, channels=2048, replicas=100, analysis="thickness",
+            row = dict(row="scale", mode=mode, threads=r["threads"], spectra=n * n, channels=2048, replicas=100, analysis="thickness",
                        trained=("model" not in kw), seconds=round(r["seconds"], 2),
                        stages={k: round(v, 2) for k, v in r["stages"].items()},
                        spectra_per_s=round(n * n / r["seconds"], 1),
@@ -142,7 +149,7 @@ def main(argv=None):
             kw = dict(analysis="full", seed=0, n_clusters=5, n_replicas=R, max_epochs=a.epochs)
             r = run_row(path, wd / f"full{a.full_size}-R{R}", kw, a.timeout)
             n = a.full_size ** 2
-            row = dict(row="replicas", mode="serial", spectra=n, channels=2048, replicas=R, analysis="full", trained=True,
+            row = dict(row="replicas", mode="serial", threads=r["threads"], spectra=n, channels=2048, replicas=R, analysis="full", trained=True,
                        seconds=round(r["seconds"], 2), stages={k: round(v, 2) for k, v in r["stages"].items()},
                        spectra_per_s=round(n / r["seconds"], 1), spectra_per_s_pass2=round(n / r["stages"]["pass2"], 1),
                        peak_rss_gib=round(r["peak_rss"] / 2**30, 3), grid_nodes=r["grid_nodes"], chunk_pixels=r["chunk_pixels"])
