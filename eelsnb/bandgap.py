@@ -142,9 +142,10 @@ def _replica_stats(xr, min_rep=5, first=None):
     return med, np.maximum(noise, floor)
 
 def _fixed_counts(xr, resolution, pix, c0, c1)->np.ndarray|None:
-    """The measured counts (P, C) on channels c0:c1 when every replica subtracts its ZLP from the *same* counts
-    (inelastic + resolution equal across replicas, as in the replica method), else None (e.g. Poisson-redrawn replicas,
-    whose spread already holds the counting noise, or a resolution that is not the replicas' own ZLP)."""
+    """The Poisson variance (P, C) of the measured counts on channels c0:c1 (at least 1) of each pixel whose replicas
+    all subtract their ZLP from the *same* counts (inelastic + resolution equal across replicas, as in the replica
+    method), 0 for the other pixels (e.g. Poisson-redrawn replicas, whose spread already holds the counting noise);
+    None where no pixel qualifies or the resolution is not the replicas' own ZLP. Decided pixel by pixel."""
     R = xr.shape[0]
     if resolution is None or R < 2: return None
     r = np.asarray(resolution)
@@ -154,7 +155,12 @@ def _fixed_counts(xr, resolution, pix, c0, c1)->np.ndarray|None:
     b = xr[-1, :, c0:c1].astype(float) + rr[-1, :, c0:c1]
     if not np.all(np.isfinite(a)): return None
     d = np.abs(a - b) / np.sqrt(np.maximum(np.abs(a), 1.0))
-    return a if np.median(d) < 0.01 else None   # Poisson redraws give ~0.95
+    big = np.abs(a) > 10                                   # where a Poisson redraw shows (0 counts redraw to 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        md = np.nanmedian(np.where(big, d, np.nan), -1)
+    shared = ~(md >= 0.01)                                 # per pixel; Poisson redraws give ~0.95 (no big channel: shared)
+    return np.where(shared[:, None], np.maximum(a, 1.0), 0.0) if shared.any() else None
 
 # %% ../nbs/07_bandgap.ipynb #3387ca3f
 def _splitmix(x):
@@ -819,7 +825,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         if counting_noise:
             fixed = _fixed_counts(xr, resolution, pix, c0, c1)
             if fixed is not None:   # the replicas share the measured counts: their Poisson noise is not in the spread
-                noise = np.sqrt(noise ** 2 + np.maximum(fixed, 1.0))
+                noise = np.sqrt(noise ** 2 + fixed)
                 weights += " + counting noise of the measured counts"
         sig = noise
     elif isinstance(sigma, str):

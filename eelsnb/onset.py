@@ -347,7 +347,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
         noise, weights = _noise(xr), ("replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)")
         fixed = _fixed_counts(xr, resolution, pix, 0, n_E)   # as fit_band_gap: the shared counts' Poisson noise
         if fixed is not None:
-            noise = np.sqrt(noise ** 2 + np.maximum(fixed, 1.0)); weights += " + counting noise of the measured counts"
+            noise = np.sqrt(noise ** 2 + fixed); weights += " + counting noise of the measured counts"
         noise = noise[None]                                                      # (1, P, n_E)
     else:
         s_ = np.asarray(sigma, float)
