@@ -845,7 +845,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if window is None:
         lv, mg, mf = _pair(level, "level"), _pair(margin, "margin"), _pair(margin_fwhm, "margin_fwhm")
         if mg[0] < 0 or mf[0] < 0: raise ValueError(f"margin, margin_fwhm: must be >= 0, got {margin!r}, {margin_fwhm!r}.")
-        fw = fwhm if resolution is not None else np.zeros(P)   # no resolution: margin alone
+        fw = fwhm if blur else np.zeros(P)   # no resolution: margin alone
         mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
         ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, **kw)
         jit = True if jitter is None else bool(jitter)

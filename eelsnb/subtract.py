@@ -343,6 +343,7 @@ class ConditionGrid:
     error_ratio: float = float("nan")  # max |interp - exact| / spread on the checked pixels
     error_stats: dict = field(default_factory=dict)  # quantiles of the per-pixel ratio, pixels checked
     history: list = field(default_factory=list)      # refinement steps: step, shape, nodes, error_ratio
+    _kernel_cache: dict = field(default_factory=dict, repr=False)   # (node, channels) -> median ZLP (`kernels`)
 
     def __post_init__(self):
         if self.store is None: self.store = NodeStore(self.ensemble, self.energy, self.names, 64)
@@ -424,9 +425,14 @@ class ConditionGrid:
                )->np.ndarray: # (G, k) median ZLP (counts) over the replicas at each node
         "The ensemble's median ZLP at nodes `ids` (evaluated if missing): resolution kernels for `fit_band_gap(kernels=)`."
         ids = np.asarray(ids, np.int64).reshape(-1)
-        self._ensure(ids)
-        return np.stack([np.median(np.exp(self.store.data[:, r, channels]), 0) for r in self._rows(ids)]) if len(ids) else \
-            np.zeros((0, len(self.energy[channels])))
+        if not len(ids): return np.zeros((0, len(self.energy[channels])))
+        ck = str(channels)
+        new = [i for i in ids.tolist() if (i, ck) not in self._kernel_cache]
+        if new:
+            self._ensure(np.asarray(new, np.int64))
+            for i, r in zip(new, self._rows(np.asarray(new, np.int64))):   # each node's kernel alone: cached per node
+                self._kernel_cache[(i, ck)] = np.median(np.exp(self.store.data[:, r, channels]), 0)
+        return np.stack([self._kernel_cache[(i, ck)] for i in ids.tolist()])
 
     def prepare(self, values:dict)->tuple:
         "(rows (m, 2^da) into the node store, weights (m, 2^da)) for condition values; evaluates missing nodes."
