@@ -21,7 +21,10 @@ Prints one JSON line: n_spectra, median |error| of E_bg and b, coverage of the 6
 exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
-       [--excitons none|ws2] [--dose 6e7] [--threads 2]
+       [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR]
+
+--twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
+(key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
 """
 from __future__ import annotations
 import argparse, json, os, platform, sys, time, warnings
@@ -109,6 +112,7 @@ def analyse_group(group:dict, # from `make_group`
                   ensemble_kw:dict|None=None, # options of `ZLPEnsemble`
                   keep:bool=False, # also return the ZLP and inelastic replicas
                   cache:str|None=None, # .npz file of this group's ZLP replicas: loaded when it exists, else written after training
+                  twins:bool=False, # also train a twin ensemble (other initial weights, the same data replicas): network-to-network spread
                  )->dict:
     """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
     With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
@@ -164,7 +168,44 @@ def analyse_group(group:dict, # from `make_group`
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0)
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
+    if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
     return out
+
+
+def _twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g, cache=None)->dict:
+    """Twin ensembles: two ensembles trained on the *same* data replicas with different initial weights (seeds `seed` and
+    `seed + 1000`, no outliers dropped, so replica k of one pairs with replica k of the other). Per sample: the replica
+    spread s_rep of E_bg (half the 16-84% range, both ensembles pooled), the network-to-network spread
+    s_f = half the 16-84% range of E_A - E_B over sqrt(2), and the half-width h = sqrt(max(s_rep^2 - s_f^2, 0) + 1.57 s_f^2 / n)
+    an interval would have if the networks' own scatter averaged out in the median (the data part kept whole)."""
+    from eelsnb.replicas import training_set_from_spectra
+    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.bandgap import fit_band_gap
+    tc = None if cache is None else str(cache).replace(".npz", "_twins.npz")
+    if tc is not None and Path(tc).exists():
+        c = np.load(tc); zA, zB = c["zA"].astype(float), c["zB"].astype(float)
+    else:
+        d1, d2, _ = training_window(smp, e, vac, **(dE1_kw or {}))
+        nv = len(vac)
+        D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+        ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed, read_noise=read_noise)
+        ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
+        zA, zB = (ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed + 1000 * k, **ekw).fit(ts).predict_for(smp, e)
+                  for k in (0, 1))
+        if tc is not None: np.savez_compressed(tc, zA=zA.astype(np.float32), zB=zB.astype(np.float32))
+    EA, EB = (fit_band_gap(smp[None] - z, e, resolution=z, seed=seed, **(fit_kw or {})).band_gap for z in (zA, zB))
+    n_s = EA.shape[1]
+    med, srep, sf, h = (np.full(n_s, np.nan) for _ in range(4))
+    for i in range(n_s):
+        a, b = EA[:, i], EB[:, i]
+        pool = np.r_[a[np.isfinite(a)], b[np.isfinite(b)]]
+        both = np.isfinite(a) & np.isfinite(b)
+        if len(pool) < 5 or both.sum() < 5: continue
+        lo, med[i], hi = np.percentile(pool, [16, 50, 84])
+        srep[i] = 0.5 * (hi - lo)
+        sf[i] = 0.5 * np.subtract(*np.percentile(a[both] - b[both], [84, 16])) / np.sqrt(2)
+        h[i] = np.sqrt(max(srep[i] ** 2 - sf[i] ** 2, 0) + 1.57 * sf[i] ** 2 / len(pool))
+    return dict(twin_median=med, twin_srep=srep, twin_sf=sf, twin_h=h)
 
 
 def run_closure(seeds=(1, 2, 3, 4), # one group per seed
@@ -174,6 +215,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 zlp_broadening:float=0.3, read_noise:float=2.0,
                 dE1_kw:dict|None=None, fit_kw:dict|None=None, ensemble_kw:dict|None=None,
                 progress:bool=False, # print one line per group to stderr
+                twins:bool=False, # also train twin ensembles per group (see `_twins`)
                 cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
@@ -186,7 +228,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw, cache=cache)
+                          ensemble_kw=ensemble_kw, cache=cache, twins=twins)
         recs.append(r)
         if progress:
             f = figures([r])
@@ -246,6 +288,18 @@ def figures(recs)->dict:
                          outliers_dropped=[int(r["outliers"]) for r in recs if "outliers" in r],
                          dE1_minus_gap_median=round(float(np.median(cat("dE1") - g)), 4),
                          dE1_above_gap=int(np.sum(cat("dE1") > g)), dE1_fallback=int(np.sum(cat("dE1_fallback"))))
+    if "twin_h" in recs[0]:   # twin ensembles: how much of the spread is the networks' own, and the interval without it
+        tm, th, ts_, tf = cat("twin_median"), cat("twin_h"), cat("twin_srep"), cat("twin_sf")
+        ok = np.isfinite(th)
+        cov = ok & (np.abs(tm - g) <= th)
+        f["twins"] = dict(n=int(ok.sum()), median_sf_over_srep=round(float(np.median(tf[ok] / ts_[ok])), 3),
+                          coverage_replica_spread=round(float(np.mean(ok & (np.abs(tm - g) <= ts_))), 4),
+                          coverage_without_network_scatter=round(float(cov.mean()), 4),
+                          median_abs_error=round(float(np.median(np.abs(tm - g)[ok])), 4),
+                          by_exponent={f"{v:g}": dict(coverage_without_network_scatter=round(float(cov[b == v].mean()), 4),
+                                                      median_half_width=round(float(np.median(th[(b == v) & ok])), 4),
+                                                      median_sf_over_srep=round(float(np.median((tf / ts_)[(b == v) & ok])), 3))
+                                       for v in np.unique(b)})
     if "zlp_pull_gap" in recs[0]:
         q = lambda k: round(float(np.median(np.abs(cat(k)))), 3)
         f["ensemble"].update(zlp_abs_pull_dE1_median=q("zlp_pull_dE1"), zlp_abs_pull_gap_median=q("zlp_pull_gap"),
@@ -268,6 +322,8 @@ def main(argv=None)->dict:
     ap.add_argument("--read-noise", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--twins", action="store_true", help="also train a twin ensemble per group (same data replicas, other initial "
+                    "weights) and report how much of the band-gap spread is the networks' own scatter")
     ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
                     "(re-fit the band gap without training again)")
     a = ap.parse_args(argv)
@@ -278,7 +334,7 @@ def main(argv=None)->dict:
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
-                      cache_dir=a.cache)
+                      cache_dir=a.cache, twins=a.twins)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())
