@@ -140,6 +140,10 @@ def build_parser()->argparse.ArgumentParser:
                    help="thickness clusters the training pixels are drawn from (default: %(default)s)")
     g.add_argument("--max-memory", type=_whole(16, "MiB"), default=1024, metavar="MIB",
                    help="memory budget of one chunk of pixels during the subtraction (MiB) (default: %(default)s)")
+    g.add_argument("--vacuum-below", type=_finite, default=None, metavar="T",
+                   help="pixels whose median t/lambda lies below T are vacuum: only their t/lambda is reported (beyond "
+                        "dE2 the ZLP tail of vacuum would read as a band-gap onset). Mind monolayers: their t/lambda "
+                        "can be 0.005-0.01 (default: off, every pixel is fitted)")
     g = ip.add_argument_group("large SIs (eelsnb.large: lazy, resumable, distributed)")
     g.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="run the map chunks on dask.distributed: 'local' (a LocalCluster on this machine) or the "
@@ -496,9 +500,11 @@ def run_image(args, log:Progress|None=None)->Path:
     log(f"analysing: {args.clusters} clusters, {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
         res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
-                            seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet)
+                            seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet,
+                            vacuum_below=args.vacuum_below)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
-                replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory)
+                replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
+                vacuum_below=args.vacuum_below)
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
     if not args.quiet:
         for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
@@ -514,10 +520,10 @@ def run_image_large(args, path:Path, log:Progress)->Path:
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
         res = analyse_large(path, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
                             seed=args.seed, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-                            max_memory=int(args.max_memory) * 2**20, progress=not args.quiet)
+                            max_memory=int(args.max_memory) * 2**20, progress=not args.quiet, vacuum_below=args.vacuum_below)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                scheduler=args.scheduler, workers=args.workers)
+                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below)
     write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
     normal_modes(out)                        # results.json, maps, report: readable like any other output
     log(f"done: open {out / REPORT_FILE}")

@@ -12,15 +12,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import check_energy, check_counts
-from .bandgap import Summary, summarize, fit_band_gap
+from .bandgap import Summary, summarize, fit_band_gap, FAIL_REASONS
 from .physics import t_over_lambda, find_peaks, WS2_EXCITON_WINDOWS
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
                              single_thread_kernels, _positive)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 't_over_lambda_sums',
-           'analyse_chunk', 'jsonable', 'ImageResults', 'torch_threads', 'analyse_image']
+__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels',
+           't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk', 'jsonable', 'ImageResults', 'torch_threads',
+           'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -55,6 +56,17 @@ def t_over_lambda_sums(counts, # (m, n_E) measured counts
         raise ValueError(f"zlp: {int(np.sum(~(i0 > 0)))} of {i0.size} ZLP replicas have a non-finite or non-positive integral.")
     return np.log(np.asarray(counts).sum(-1, dtype=np.float64)[None] / i0)
 
+VACUUM_REASON = "vacuum: median t/lambda below vacuum_below (no fit reported)"
+
+def check_vacuum_below(v)->float|None:
+    "`vacuum_below` as a float >= 0, or None."
+    if v is None: return None
+    try: f = float(v)
+    except (TypeError, ValueError): f = float("nan")
+    if isinstance(v, bool) or not (np.isfinite(f) and f >= 0):
+        raise ValueError(f"vacuum_below: expected a t/lambda >= 0 (e.g. 0.02) or None, got {v!r}.")
+    return f
+
 def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   zlp, # (n_rep, m, n_E) ZLP replicas (counts), or (n_rep, m, k) on channels `zlp_channels` only
                   energy, # energy axis (eV)
@@ -71,6 +83,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   zlp_sum=None, # (n_rep, m) ZLP integrals over all channels; needed when `zlp` holds only some (e.g. `ImageChunk.zlp_sum`)
                   zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
                   kernels=None, # (kernels (G, n_E) on the full axis, labels (m,)): resolution kernels per group of pixels (`ConditionGrid.kernels`); None: `fit_band_gap` groups the pixels' ZLPs by width
+                  vacuum_below:float|None=None, # pixels whose median t/lambda lies below this are vacuum: no band gap, exponent, exciton or plasmon (n_valid 0, counted); None: every pixel is fitted
                  )->tuple: # (summaries: name -> Summary of (m,), n_failed (m,), failed_by_reason dict)
     "Per replica t/lambda, band gap, exponent, exciton and plasmon peaks of one chunk, summarised over replicas."
     e = check_energy(energy)
@@ -114,7 +127,20 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                        min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1,   # 0.1 eV bins, as `plasmon`
                        counts=counts[:, cs], seed=[seed, 2])
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
-    return out, n_failed, fit.failed_by_reason()
+    reasons = fit.failed_by_reason()
+    if check_vacuum_below(vacuum_below) is not None:   # vacuum: the ZLP tail beyond dE2 would read as an onset; nothing but t/lambda is reported
+        vac = np.asarray(out["t_over_lambda"].median) < float(vacuum_below)
+        if vac.any():
+            for n in out:
+                if n != "t_over_lambda":
+                    s = out[n]
+                    out[n] = Summary(*(np.where(vac, np.nan, v) for v in s[:3]), np.where(vac, 0, s.n_valid))
+            fk = fit.failed[:, ~vac]
+            reasons = {FAIL_REASONS[c]: int(np.sum(fk & (fit.reason[:, ~vac] == c))) for c in FAIL_REASONS
+                       if c and np.any(fk & (fit.reason[:, ~vac] == c))}
+            reasons[VACUUM_REASON] = int(R * vac.sum())
+            n_failed = np.where(vac, R, n_failed)
+    return out, n_failed, reasons
 
 # %% ../nbs/10_image.ipynb #671eb4b1
 RESULTS_FILE, MAPS_DIR, MODEL_DIR = "results.json", "maps", "model"
@@ -364,10 +390,12 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                   grid=None, # a ConditionGrid of this ensemble for these pixels (e.g. `ImageResults.condition_grid`)
                   bandgap_kw:dict|None=None, # more fit_band_gap options
                   peak_kw:dict|None=None, # exciton_min_height, plasmon_min_height (fractions of I_ZLP), exciton_smooth
+                  vacuum_below:float|None=None, # pixels whose median t/lambda lies below this are vacuum: t/lambda only, no other fit reported (see `analyse_chunk`); None: all fitted
                   **ensemble_kw, # more ZLPEnsemble settings (hidden, lr, ...)
                  )->ImageResults:
     "Cluster, train (unless `ensemble`), grid, chunked subtraction, per-replica physics -> median/16%/84% maps."
     t0 = time.perf_counter()
+    vacuum_below = check_vacuum_below(vacuum_below)
     flat, shape, e, nav_axes, title = _si_source(si, energy)
     if len(shape) != 2:
         raise ValueError(f"si: expected a spectral image with two navigation axes (ny, nx, n_E), got {len(shape)} "
@@ -408,7 +436,8 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     def work(i, ch, buf):
         out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf, window=window,
                             exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
-                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels, **pk)
+                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels,
+                            vacuum_below=vacuum_below, **pk)
         return ch.index, out, buf
     def collect(index, out):
         summ, nf, rs = out
@@ -443,7 +472,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                     exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                     plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), tol=float(tol),
                     dE1=[float(v) for v in np.atleast_1d(ensemble.dE1)], dE2=[float(v) for v in np.atleast_1d(ensemble.dE2)],
-                    bandgap_kw=bandgap_kw or {}, peak_kw=pk)
+                    bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below)
     seconds = dict(cluster=t1 - t0, train=t2 - t1, grid=t3 - t2, chunks=t4 - t3, total=t4 - t0)
     return ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid, reasons,
                         settings, seconds, nav_axes, title, it.grid)

@@ -16,7 +16,7 @@ from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, R
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
-from .image import analyse_chunk, analysed_channels, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .image import analyse_chunk, analysed_channels, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
 __all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'block_quality',
@@ -455,7 +455,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                   tol:float=0.05, # condition-grid tolerance
                   analysis:str="full", # 'full': the maps of `analyse_chunk`; 'thickness': t/lambda only
                   window=None, exponent=None, exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0),
-                  bandgap_kw:dict|None=None, peak_kw:dict|None=None, # as `eelsnb.image.analyse_image`
+                  bandgap_kw:dict|None=None, peak_kw:dict|None=None, vacuum_below:float|None=None, # as `eelsnb.image.analyse_image`
                   quality:dict|None=None, # settings of the fault tests (keys of `QUALITY_DEFAULTS`)
                   fmt:str="zspy", # map files: 'zspy' or 'hspy'
                   progress:bool=True, # progress bars
@@ -494,7 +494,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     names = map_names(exciton_windows, plasmon_window, analysis)
     akw = dict(window=window, exponent=exponent, exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), bandgap_kw=bandgap_kw,
-               **(peak_kw or {}))
+               **(peak_kw or {}), **({} if vacuum_below is None else dict(vacuum_below=check_vacuum_below(vacuum_below))))
     settings = dict(n_clusters=K, n_replicas=R, max_epochs=None if model is not None else int(max_epochs), seed=seed,
                     model=None if model_dir is None else _file_record(model_dir), reuse_grid=bool(reuse_grid), rows=rows,
                     chunk_pixels=chunk_pixels, train_pixels=int(train_pixels), kmeans_pixels=int(kmeans_pixels),

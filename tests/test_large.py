@@ -186,3 +186,21 @@ def test_second_run_is_locked_out(data):
         assert [p.name for p in out.iterdir()] == [".eelsnb.lock"]
     finally:
         proc.kill(); proc.wait()
+
+
+def test_vacuum_below(data):
+    "vacuum_below: pixels whose median t/lambda lies below it keep their t/lambda only; every other pixel's maps are the reference's."
+    from eelsnb.large import analyse_large
+    from eelsnb.image import VACUUM_REASON
+    kw = dict(KW, model=str(data["root"] / "ref"), reuse_grid=True)
+    kw.pop("n_replicas"); kw.pop("max_epochs")
+    res = analyse_large(data["path"], data["root"] / "vacuum", vacuum_below=0.05, **kw)
+    ref = data["ref"]
+    vac = ref.maps["t_over_lambda"].median < 0.05
+    assert vac.any() and (~vac).any() and vac[data["si"].vacuum].mean() > 0.99
+    _same_maps(res, ref, mask=~vac)
+    for k in range(4): np.testing.assert_array_equal(res.maps["t_over_lambda"][k], ref.maps["t_over_lambda"][k])
+    for n, s in res.maps.items():
+        if n != "t_over_lambda": assert np.isnan(s.median[vac]).all() and (s.n_valid[vac] == 0).all(), n
+    assert res.failed_by_reason[VACUUM_REASON] == int(vac.sum()) * res.n_rep
+    assert json.loads((data["root"] / "vacuum/results.json").read_text())["settings"]["analysis_kw"]["vacuum_below"] == 0.05
