@@ -327,12 +327,7 @@ class SpectraResults:
         samples = []
         for i, n in enumerate(self.names):
             w = f.window[:, i][~f.failed[:, i]] if (~f.failed[:, i]).any() else f.window[:, i]
-            reasons = {}
-            from eelsnb.bandgap import FAIL_REASONS
-            for c in np.unique(f.reason[:, i][f.failed[:, i]]):
-                if c: reasons[FAIL_REASONS[int(c)]] = int(np.sum(f.failed[:, i] & (f.reason[:, i] == c)))
-            edges = {FAIL_REASONS[int(c)]: int(np.sum(f.at_edge[:, i] & (f.reason[:, i] == c)))
-                     for c in np.unique(f.reason[:, i][f.at_edge[:, i]])}
+            reasons, edges = f.failed_by_reason(pixels=i), f.edges_by_reason(pixels=i)
             samples.append(dict(file=n, band_gap=_q(bg, i), exponent=_q(b, i), t_over_lambda=_q(tl, i),
                                 dE1=float(d1[i]), dE2=float(d2[i]),
                                 window=[float(w[:, 0].min()), float(w[:, 1].max())],

@@ -626,18 +626,20 @@ class BandGapFit:
     def shape(self)->tuple: return self.band_gap.shape[1:]
     @property
     def n_failed(self)->int: return int(self.failed.sum())
-    def failed_by_reason(self)->dict:
-        "Number of failed (excluded) fits per reason."
-        return {FAIL_REASONS[c]: int(np.sum(self.failed & (self.reason == c))) for c in FAIL_REASONS
-                if c and np.any(self.failed & (self.reason == c))}
+    def _by_reason(self, mask, codes, pixels):
+        if pixels is not None: mask, reason = mask[:, pixels], self.reason[:, pixels]
+        else: reason = self.reason
+        return {FAIL_REASONS[c]: int(np.sum(mask & (reason == c))) for c in codes if np.any(mask & (reason == c))}
+    def failed_by_reason(self, pixels=None)->dict:
+        "Number of failed (excluded) fits per reason; `pixels` (an index or boolean mask of the pixel axes): only those."
+        return self._by_reason(self.failed, [c for c in FAIL_REASONS if c], pixels)
     @property
     def at_edge(self)->np.ndarray:
         "(n_rep, ...) bool: valid fits whose gap lies on an edge of its window or whose exponent sits on a bound (kept)."
         return ~self.failed & np.isin(self.reason, EDGE_REASONS)
-    def edges_by_reason(self)->dict:
-        "Number of kept fits per edge reason."
-        return {FAIL_REASONS[c]: int(np.sum(~self.failed & (self.reason == c))) for c in EDGE_REASONS
-                if np.any(~self.failed & (self.reason == c))}
+    def edges_by_reason(self, pixels=None)->dict:
+        "Number of kept fits per edge reason; `pixels` as in `failed_by_reason`."
+        return self._by_reason(~self.failed, EDGE_REASONS, pixels)
 
     def summary(self, name:str="band_gap", empty:str="flag")->Summary:
         "Median and 68% interval over the replicas that did not fail, per spectrum/pixel."

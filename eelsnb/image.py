@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import check_energy, check_counts
-from .bandgap import Summary, summarize, fit_band_gap, FAIL_REASONS
+from .bandgap import Summary, summarize, fit_band_gap
 from .physics import t_over_lambda, find_peaks, WS2_EXCITON_WINDOWS
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
@@ -127,19 +127,16 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                        min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1,   # 0.1 eV bins, as `plasmon`
                        counts=counts[:, cs], seed=[seed, 2])
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
-    reasons = fit.failed_by_reason()
-    if check_vacuum_below(vacuum_below) is not None:   # vacuum: the ZLP tail beyond dE2 would read as an onset; nothing but t/lambda is reported
-        vac = np.asarray(out["t_over_lambda"].median) < float(vacuum_below)
-        if vac.any():
-            for n in out:
-                if n != "t_over_lambda":
-                    s = out[n]
-                    out[n] = Summary(*(np.where(vac, np.nan, v) for v in s[:3]), np.where(vac, 0, s.n_valid))
-            fk = fit.failed[:, ~vac]
-            reasons = {FAIL_REASONS[c]: int(np.sum(fk & (fit.reason[:, ~vac] == c))) for c in FAIL_REASONS
-                       if c and np.any(fk & (fit.reason[:, ~vac] == c))}
-            reasons[VACUUM_REASON] = int(R * vac.sum())
-            n_failed = np.where(vac, R, n_failed)
+    vb = check_vacuum_below(vacuum_below)
+    vac = np.zeros(m, bool) if vb is None else np.asarray(out["t_over_lambda"].median) < vb
+    reasons = fit.failed_by_reason(pixels=~vac)
+    if vac.any():   # vacuum: the ZLP tail beyond dE2 would read as an onset; nothing but t/lambda is reported
+        for n in out:
+            if n != "t_over_lambda":
+                s = out[n]
+                out[n] = Summary(*(np.where(vac, np.nan, v) for v in s[:3]), np.where(vac, 0, s.n_valid))
+        reasons[VACUUM_REASON] = int(R * vac.sum())
+        n_failed = np.where(vac, R, n_failed)
     return out, n_failed, reasons
 
 # %% ../nbs/10_image.ipynb #671eb4b1

@@ -325,7 +325,8 @@ def pass2_block(out_dir, b:int, data=None)->dict:
         slab = np.empty(cp * nE, np.float32); tbuf = np.empty_like(slab)   # one replica's full chunk and gather buffer
         for j, a in enumerate(range(0, m, cp)):
             z = min(a + cp, m); k = z - a
-            with _LOCK: rows_, w_ = grid.prepare({n: v[a:z] for n, v in cond.items()})   # (adds missing nodes: one thread)
+            cz = {n: v[a:z] for n, v in cond.items()}
+            with _LOCK: rows_, w_ = grid.prepare(cz)   # (adds missing nodes: one thread)
             zlp, sums = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf)
             seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
@@ -334,7 +335,7 @@ def pass2_block(out_dir, b:int, data=None)->dict:
                 # each pixel's resolution kernel: the median ZLP at its nearest kernel-lattice node (its own
                 # conditions alone), so that its band-gap fit does not depend on the other pixels of the chunk
                 with _LOCK:
-                    uk, lab = np.unique(grid.kernel_nodes({n: v[a:z] for n, v in cond.items()}), return_inverse=True)
+                    uk, lab = np.unique(grid.kernel_nodes(cz), return_inverse=True)
                     kern = grid.kernels(uk)
                 summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
                                              zlp_sum=sums, zlp_channels=used, kernels=(kern, lab.reshape(-1)), **akw)

@@ -416,6 +416,12 @@ def _peak_block(y, ew, dE, background, edge, refine):
     bgp = y0 + (y1 - y0) * (pos - x0) / (x1 - x0) if background == "linear" else np.zeros_like(pos)
     return pos, np.abs(width), h, found, okl & okr, bgp
 
+def _bin_sums(x, f:int)->np.ndarray:
+    "Sums of f adjacent channels along the last axis (..., n f) -> (..., n): f strided sums (4x faster than a sum over a short last axis)."
+    s = x[..., 0::f].copy()
+    for j in range(1, f): s += x[..., j::f]
+    return s
+
 _PEAK_DOMAIN = np.uint64(0x5045414B4E4F4953)   # keeps these draws apart from the band-gap windows' (same seed and keys)
 
 def _stream_seed(seed)->np.uint64:
@@ -435,9 +441,7 @@ def _count_noise(counts, lead, n_E, a, b, f, pixel_seeds)->tuple:
                          f"of replicas first {tuple(lead) + (n_E,)}; got {c.shape}.")
     c = c.reshape(-1, c.shape[-1])[:, a:b]
     _check_finite(c, "counts")
-    v = c[:, 0::f].copy()
-    for j in range(1, f): v += c[:, j::f]
-    return np.sqrt(np.maximum(v, 0.0)) / f, _pixel_keys(pixel_seeds, lead[1:])
+    return np.sqrt(np.maximum(_bin_sums(c, f), 0.0)) / f, _pixel_keys(pixel_seeds, lead[1:])
 
 def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_rep, ..., n_E)
                energy, # energy axis (eV), (n_E,)
@@ -491,10 +495,7 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
     parts = []
     for p0 in range(0, P_, pb):
         y = s3[:, p0:p0 + pb, a:b].reshape(-1, b - a).astype(np.float64)   # rows (replica, pixel) of this block
-        if f > 1:   # bin means as f strided sums (4x faster than a mean over a short last axis)
-            yb = y[:, 0::f].copy()
-            for j in range(1, f): yb += y[:, j::f]
-            y = yb * (1.0 / f)
+        if f > 1: y = _bin_sums(y, f) * (1.0 / f)   # bin means
         if sd is not None:   # + the measured counts' Poisson noise, a draw per replica and pixel
             n_p = min(pb, P_ - p0)
             y3 = y.reshape(R_, n_p, -1)
