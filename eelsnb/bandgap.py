@@ -4,7 +4,8 @@
 
 # %% ../nbs/07_bandgap.ipynb #c18a12ba
 from __future__ import annotations
-import warnings
+import threading, warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -557,22 +558,39 @@ def _polish(I, w, dE, T, u, b, umax, b_bounds, free_b, n_iter, fallback=None):
             normal(ix)
     return u, b, A, gain, m
 
+_GRID_CACHE, _GRID_LOCK, _GRID_MAX = OrderedDict(), threading.Lock(), 96
+
+def _grid_curves(kernel, L:int, dE:float, u, bg)->tuple:
+    """(T, Mb.T, (Mb * Mb).T): the Toeplitz blur of `kernel` on a frame of L channels, and the grid's blurred power laws
+    Mb (K, L), each normalised to its maximum, transposed in float32. Cached (least recently used, thread-safe, read-only
+    arrays): the same kernels and frame lengths recur in every block of a call and in every chunk of an SI."""
+    key = (np.asarray(kernel).tobytes(), int(L), float(dE), np.asarray(u).tobytes(), np.asarray(bg).tobytes())
+    with _GRID_LOCK:
+        hit = _GRID_CACHE.get(key)
+        if hit is not None: _GRID_CACHE.move_to_end(key); return hit
+    T = _toeplitz(kernel, L)
+    Mb = (_powerlaw_grid(L, (len(kernel) - 1) // 2, dE, u, bg).astype(np.float32) @ T).astype(float)   # (K, L)
+    Mb /= np.maximum(Mb.max(-1, keepdims=True), 1e-300)
+    val = (T, Mb.T.astype(np.float32), (Mb * Mb).T.astype(np.float32))
+    for a in val: a.flags.writeable = False
+    with _GRID_LOCK:
+        _GRID_CACHE[key] = val
+        while len(_GRID_CACHE) > _GRID_MAX: _GRID_CACHE.popitem(last=False)
+    return val
+
 def _fit_frames(I, # data in local frames (F, L): channel j lies j dE above the window's first channel
                 w, # weights 1/sigma^2 (F, L), 0 outside each fit's window
                 length, # window length in channels (F,)
                 dE, kernel, exponent, b_bounds, n_b, grid_step, min_points, n_polish):
     "Grid in closed form, quadratic refinement, LM polish; returns u, b, A, chi2, gain, npos, edge flags per fit."
     F, L = I.shape
-    M = (len(kernel) - 1) // 2
     umax = (length - min_points) * dE                         # leave >= min_points channels above the gap
     u = np.arange(0.0, max((L - min_points) * dE, 0) + 0.5 * grid_step, grid_step)   # from the frame: the same grid for every block of L
     bg = np.geomspace(*b_bounds, n_b) if exponent is None else np.array([float(exponent)])
     nu, nb = len(u), len(bg)
-    T = _toeplitz(kernel, L)
-    Mb = (_powerlaw_grid(L, M, dE, u, bg).astype(np.float32) @ T).astype(float)  # (K, L) blurred power laws
-    Mb /= np.maximum(Mb.max(-1, keepdims=True), 1e-300)
-    SIM = _rows_matmul(w * I, Mb.T.astype(np.float32))                      # (F, K) float32
-    SMM = _rows_matmul(w, (Mb * Mb).T.astype(np.float32))
+    T, MbT, Mb2T = _grid_curves(kernel, L, dE, u, bg)
+    SIM = _rows_matmul(w * I, MbT)                                          # (F, K) float32
+    SMM = _rows_matmul(w, Mb2T)
     gain = np.maximum(SIM, np.float32(0)).astype(float)                     # A > 0 only (SIM > 0 needs SMM > 0)
     gain *= gain
     gain /= np.maximum(SMM, np.float32(1e-38))                              # in place: few passes over (F, K)

@@ -124,7 +124,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     if plasmon_window is not None:
         cs = crops[-1]
         p = find_peaks(inl[..., loc(cs)], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
-                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.1,   # 0.1 eV bins, as `plasmon`
+                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.2,   # 0.2 eV bins, as `plasmon`
                        counts=counts[:, cs], seed=[seed, 2])
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     vb = check_vacuum_below(vacuum_below)
