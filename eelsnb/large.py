@@ -19,9 +19,9 @@ from .physics import WS2_EXCITON_WINDOWS
 from .image import analyse_chunk, analysed_channels, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
-__all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'LazySI', 'open_si', 'block_quality',
-           'map_names', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block', 'pass2_block', 'analyse_large',
-           'wants_large', 'load_large']
+__all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY', 'LazySI', 'open_si',
+           'block_quality', 'map_names', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block', 'pass2_block',
+           'analyse_large', 'wants_large', 'load_large']
 
 # %% ../nbs/14_large.ipynb #555aa4c8
 @dataclass
@@ -353,12 +353,31 @@ def pass2_block(out_dir, b:int, data=None)->dict:
     return dict(block=b, pixels=m, reasons=reasons)
 
 # %% ../nbs/14_large.ipynb #ff359a52
+# dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536. Any explicit malloc threshold turns off glibc's
+# adaptive mmap threshold, so every temporary above 128 KiB is mapped afresh and page-faulted on first touch: one
+# 238-pixel chunk of `analyse_chunk` takes 1.3-1.5 s instead of 0.65 s. The LocalCluster below starts without it.
+TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+def _worker_trim(): return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+def _check_workers(client):
+    "Warn when the workers of a given scheduler run with a fixed malloc trim threshold (dask's default)."
+    try: vals = client.run(_worker_trim)
+    except Exception: return
+    bad = {w: v for w, v in vals.items() if v is not None}
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(vals)} dask workers run with MALLOC_TRIM_THRESHOLD_={next(iter(bad.values()))} (dask's "
+                      "default), which makes the per-chunk numpy work about 2x slower; start them with `MALLOC_TRIM_THRESHOLD_: null` under "
+                      "distributed.nanny.pre-spawn-environ in the dask configuration, e.g. ~/.config/dask/eelsnb.yaml (see the README).",
+                      stacklevel=3)
+
 @contextlib.contextmanager
 def _client(scheduler, n_workers:int):
     if scheduler in (None, "serial"): yield None; return
+    import dask
     from dask.distributed import Client, LocalCluster
     if scheduler == "local":
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), dask.config.set({TRIM_KEY: None}):   # None unsets it (`distributed.nanny`)
             warnings.simplefilter("ignore")
             cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None,
                                    memory_limit=0)
@@ -366,10 +385,11 @@ def _client(scheduler, n_workers:int):
             with Client(cluster) as c: yield c
         finally: cluster.close()
     elif isinstance(scheduler, str) and "://" in scheduler:
-        with Client(scheduler) as c: yield c
+        with Client(scheduler) as c:
+            _check_workers(c); yield c
     else:
         from dask.distributed import Client as _C
-        if isinstance(scheduler, _C): yield scheduler
+        if isinstance(scheduler, _C): _check_workers(scheduler); yield scheduler
         else: raise ValueError(f"scheduler: expected None/'serial', 'local', an address 'tcp://host:port' or a dask Client, got {scheduler!r}.")
 
 def _run_blocks(fn, out_dir, blocks:list, client, src:LazySI, rows:int, progress:bool, desc:str, threads:int=1)->list:

@@ -204,3 +204,23 @@ def test_vacuum_below(data):
         if n != "t_over_lambda": assert np.isnan(s.median[vac]).all() and (s.n_valid[vac] == 0).all(), n
     assert res.failed_by_reason[VACUUM_REASON] == int(vac.sum()) * res.n_rep
     assert json.loads((data["root"] / "vacuum/results.json").read_text())["settings"]["analysis_kw"]["vacuum_below"] == 0.05
+
+
+def test_workers_start_without_trim_threshold():
+    """dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which turns off glibc's adaptive mmap threshold
+    and makes the per-chunk numpy work about 2x slower: eelsnb's LocalCluster starts its workers without it, and workers
+    of a given scheduler that have it get a warning saying how to start them."""
+    from dask.distributed import Client, LocalCluster
+    from eelsnb.large import _client, _check_workers, _worker_trim
+    with _client("local", 2) as c:
+        vals = c.run(_worker_trim)
+    assert len(vals) == 2 and all(v is None for v in vals.values()), vals
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cl = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0)
+    try:
+        with Client(cl) as c:
+            assert all(v is not None for v in c.run(_worker_trim).values())   # dask's default, as on a user's cluster
+            with pytest.warns(UserWarning, match="MALLOC_TRIM_THRESHOLD_: null"):
+                _check_workers(c)
+    finally: cl.close()
