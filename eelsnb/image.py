@@ -13,13 +13,14 @@ from tqdm.auto import tqdm
 
 from .io import check_energy, check_counts
 from .bandgap import Summary, summarize, fit_band_gap
-from .physics import t_over_lambda, find_peaks, WS2_EXCITON_WINDOWS
+from .physics import (t_over_lambda, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
+                            WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH)
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
                              single_thread_kernels, _positive)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels',
+__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 'analysed_layout',
            't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk', 'jsonable', 'ImageResults', 'torch_threads',
            'analyse_image']
 
@@ -46,6 +47,20 @@ def analysed_channels(energy, # energy axis (eV)
              for w in (exciton_windows or ())]
     if plasmon_window is not None: crops.append(_crop(e, plasmon_window[0] - 1.5, plasmon_window[1] + 1.5))
     return cb, crops, slice(min(c.start for c in [cb] + crops), max(c.stop for c in [cb] + crops))
+
+def analysed_layout(energy, # energy axis (eV)
+                    window=None, exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0),
+                    exciton_smooth:float|None=0.1, bandgap_kw:dict|None=None, # as in `analyse_chunk`
+                   )->tuple: # (near: slice of channels, plasmon: (A, B, PeakBins) or None)
+    """The ZLP replicas `analyse_chunk` reads: channel by channel on `near` (band gap and excitons), and for the plasmon
+    only their sums over its bins, channels A:B taken `PeakBins.f` at a time (`zlp_bins`: 8x fewer values)."""
+    cb, crops, _ = analysed_channels(energy, window, exciton_windows, plasmon_window, exciton_smooth, bandgap_kw)
+    near = [cb] + crops[:len(exciton_windows or ())]
+    near = slice(min(c.start for c in near), max(c.stop for c in near))
+    if plasmon_window is None: return near, None
+    cs = crops[-1]
+    g = peak_bins(check_energy(energy)[cs], plasmon_window, PLASMON_BIN_WIDTH, PLASMON_SMOOTH)
+    return near, (cs.start + g.a, cs.start + g.b, g)
 
 def t_over_lambda_sums(counts, # (m, n_E) measured counts
                         i0, # (n_rep, m) ZLP integrals of the replicas (e.g. `ImageChunk.zlp_sum`)
@@ -82,6 +97,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   bandgap_kw:dict|None=None, # more `fit_band_gap` options (kernel_range, search, ...)
                   zlp_sum=None, # (n_rep, m) ZLP integrals over all channels; needed when `zlp` holds only some (e.g. `ImageChunk.zlp_sum`)
                   zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
+                  zlp_bins=None, # (n_rep, m, bins) float64 sums of the ZLP replicas over the plasmon's bins (`analysed_layout(...)[1]`, `ConditionGrid.interpolate_kept(bins=)`); None: summed here from `zlp`
                   kernels=None, # (kernels (G, n_E) on the full axis, labels (m,)): resolution kernels per group of pixels (`ConditionGrid.kernels`); None: `fit_band_gap` groups the pixels' ZLPs by width
                   vacuum_below:float|None=None, # pixels whose median t/lambda lies below this are vacuum: no band gap, exponent, exciton or plasmon (n_valid 0, counted); None: every pixel is fitted
                  )->tuple: # (summaries: name -> Summary of (m,), n_failed (m,), failed_by_reason dict)
@@ -101,10 +117,13 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
         i0 = np.asarray(zlp_sum, np.float64)
         if i0.shape != (R, m): raise ValueError(f"zlp_sum: expected shape {(R, m)}, got {i0.shape}.")
     out["t_over_lambda"] = summarize(t_over_lambda_sums(counts, i0))
-    cb, crops, used = analysed_channels(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
-    if used.start < zc.start or used.stop > zc.stop:
+    cb, crops, _ = analysed_channels(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
+    used, pl = analysed_layout(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
+    need = used if pl is None or zlp_bins is not None else slice(min(used.start, pl[0]), max(used.stop, pl[1]))
+    if need.start < zc.start or need.stop > zc.stop:
         raise ValueError(f"zlp_channels: the ZLP holds channels {zc.start}..{zc.stop - 1}, the analysis needs "
-                         f"{used.start}..{used.stop - 1}; keep at least `analysed_channels(...)[2]`.")
+                         f"{need.start}..{need.stop - 1}; keep at least `analysed_channels(...)[2]` (or "
+                         "`analysed_layout(...)[0]` with `zlp_bins`).")
     k = used.stop - used.start   # counts - zlp on the analysed channels only, in a compact (R, m, k) array
     if inelastic is not None and inelastic.dtype == np.float32 and inelastic.flags.c_contiguous and inelastic.size >= R * m * k:
         inl = inelastic.reshape(-1)[:R * m * k].reshape(R, m, k)
@@ -123,11 +142,19 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                        counts=counts[:, cs], seed=[seed, 1, i])   # + the counts' Poisson noise, drawn per replica and pixel
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
-    if plasmon_window is not None:
-        cs = crops[-1]
-        p = find_peaks(inl[..., loc(cs)], e[cs], plasmon_window, background=None, smooth=0.5, refine=2.0,
-                       min_height=plasmon_min_height * i0, chunk=4096, bin_width=0.2,   # 0.2 eV bins, as `plasmon`
-                       counts=counts[:, cs], seed=[seed, 2])
+    if pl is not None:   # `plasmon`'s search on its bins: counts and ZLP summed per bin, then subtracted (8x fewer values)
+        A, B, g = pl
+        cbin = _bin_sums(np.asarray(counts, np.float64)[:, A:B], g.f)                     # (m, bins)
+        if zlp_bins is None: zb = _bin_sums(zlp[..., A - zc.start:B - zc.start], g.f, np.float64)
+        else:
+            zb = np.asarray(zlp_bins)
+            if zb.shape != (R, m, cbin.shape[1]):
+                raise ValueError(f"zlp_bins: expected the ZLP replicas' sums over the plasmon's bins, shape {(R, m, cbin.shape[1])} "
+                                 f"(`analysed_layout(...)[1]`: channels {A}..{B - 1} in bins of {g.f}), got {zb.shape}.")
+        _check_finite(cbin, "counts"); _check_finite(zb, "zlp" if zlp_bins is None else "zlp_bins")
+        noise = (np.sqrt(np.maximum(cbin, 0.0)) / g.f, _pixel_keys(None, (m,)), _stream_seed([seed, 2]))   # + the counts' Poisson noise
+        p = _peak_search(lambda p0, p1: (cbin[None, p0:p1] - zb[:, p0:p1]) * (1.0 / g.f), R, m, (R, m), g,
+                         plasmon_min_height * i0, None, 3, 2.0, 4096, noise)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     vb = check_vacuum_below(vacuum_below)
     vac = np.zeros(m, bool) if vb is None else np.asarray(out["t_over_lambda"].median) < vb

@@ -16,7 +16,7 @@ from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, R
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
-from .image import analyse_chunk, analysed_channels, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
 __all__ = ['QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY', 'LazySI', 'open_si',
@@ -317,17 +317,23 @@ def pass2_block(out_dir, b:int, data=None)->dict:
         akw = run["analysis_kw"]
         # only the channels the analysis reads leave the cache (none for t/lambda), with every replica's ZLP integral
         # over all channels (`ConditionGrid.interpolate_kept`), as analyse_image does
-        if run["analysis"] == "thickness": used = slice(0, 0)
-        else: used = analysed_channels(e, akw.get("window"), akw.get("exciton_windows"), akw.get("plasmon_window"),
-                                       akw.get("exciton_smooth", 0.1), akw.get("bandgap_kw"))[2]
+        # (the plasmon's only as sums over its bins: `analysed_layout`)
+        if run["analysis"] == "thickness": used, pl = slice(0, 0), None
+        else: used, pl = analysed_layout(e, akw.get("window"), akw.get("exciton_windows"), akw.get("plasmon_window"),
+                                         akw.get("exciton_smooth", 0.1), akw.get("bandgap_kw"))
         kc = used.stop - used.start
         zbuf = np.empty(R * cp * kc, np.float32); ibuf = np.empty_like(zbuf)
+        nbin = 0 if pl is None else (pl[1] - pl[0]) // pl[2].f
+        bbuf = np.empty(R * cp * nbin)
         slab = np.empty(cp * nE, np.float32); tbuf = np.empty_like(slab)   # one replica's full chunk and gather buffer
         for j, a in enumerate(range(0, m, cp)):
             z = min(a + cp, m); k = z - a
             cz = {n: v[a:z] for n, v in cond.items()}
             with _LOCK: rows_, w_ = grid.prepare(cz)   # (adds missing nodes: one thread)
-            zlp, sums = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf)
+            got = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf,
+                                        bins=None if pl is None else (pl[0], pl[1], pl[2].f),
+                                        out_bins=None if pl is None else bbuf[:R * k * nbin].reshape(R, k, nbin))
+            zlp, sums, zbins = got if pl is not None else got + (None,)
             seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
                 summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda_sums(y[a:z], sums))}, np.zeros(k, np.int64), {}
@@ -338,7 +344,7 @@ def pass2_block(out_dir, b:int, data=None)->dict:
                     uk, lab = np.unique(grid.kernel_nodes(cz), return_inverse=True)
                     kern = grid.kernels(uk)
                 summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
-                                             zlp_sum=sums, zlp_channels=used, kernels=(kern, lab.reshape(-1)), **akw)
+                                             zlp_sum=sums, zlp_channels=used, zlp_bins=zbins, kernels=(kern, lab.reshape(-1)), **akw)
             for n in names:
                 for w in range(4): res[n][w][a:z] = summ[n][w]
             n_failed[a:z] = nf

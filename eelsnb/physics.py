@@ -5,6 +5,7 @@
 # %% ../nbs/08_physics.ipynb #545768ac
 from __future__ import annotations
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import constants
@@ -15,8 +16,9 @@ from .io import check_energy, check_counts
 from .bandgap import summarize, Summary, _splitmix, _seed_int, _pixel_keys
 
 # %% auto #0
-__all__ = ['RECONVOLVE', 'WS2_EXCITON_WINDOWS', 'zlp_intensity', 'summary_maps', 't_over_lambda', 'fourier_log_deconvolution',
-           'kk_thickness', 'KKResult', 'kramers_kronig', 'Peaks', 'find_peaks', 'excitons', 'plasmon']
+__all__ = ['RECONVOLVE', 'WS2_EXCITON_WINDOWS', 'PLASMON_BIN_WIDTH', 'PLASMON_SMOOTH', 'zlp_intensity', 'summary_maps',
+           't_over_lambda', 'fourier_log_deconvolution', 'kk_thickness', 'KKResult', 'kramers_kronig', 'Peaks',
+           'PeakBins', 'peak_bins', 'find_peaks', 'excitons', 'plasmon']
 
 # %% ../nbs/08_physics.ipynb #1ef6b390
 def _as_float(x, name):
@@ -449,6 +451,63 @@ def _count_noise(counts, lead, n_E, a, b, f, pixel_seeds)->tuple:
     _check_finite(c, "counts")
     return np.sqrt(np.maximum(_bin_sums(c, f), 0.0)) / f, _pixel_keys(pixel_seeds, lead[1:])
 
+class PeakBins(NamedTuple):
+    "Where `find_peaks` looks on an energy axis: channels a:b (the window and the smoothing margin, whole bins of f channels)."
+    a: int           # first channel
+    b: int           # channel after the last
+    f: int           # channels per bin
+    w0: int          # first bin of the window (the bins before it are smoothing margin)
+    nw: int          # bins in the window
+    dE: float        # channel width (eV)
+    sigma: float     # Gaussian smoothing sigma in channels (0: none)
+    ew: np.ndarray   # (nw,) centres of the window's bins (eV)
+
+def peak_bins(energy, # energy axis (eV), checked
+              window:tuple, bin_width:float|None=None, smooth:float|None=None, # as in `find_peaks`
+             )->PeakBins:
+    "The channels and bins `find_peaks` reads for a window: bins aligned on the window's first channel, a partial last one dropped."
+    e = np.asarray(energy, float)
+    sl = _window_slice(e, window)
+    dE = (e[-1] - e[0]) / (len(e) - 1)
+    if bin_width is not None and (not np.isfinite(bin_width) or bin_width <= 0):
+        raise ValueError(f"bin_width: expected a bin width > 0 (eV) or None, got {bin_width}.")
+    f = max(1, int(bin_width / dE + 1e-9)) if bin_width else 1     # channels per bin
+    nw = (sl.stop - sl.start) // f                                # whole bins in the window (a partial last one dropped)
+    if nw < 5: raise ValueError(f"bin_width: {bin_width} eV leaves {nw} bins in the window {window}; need at least 5.")
+    sg = smooth / dE / np.sqrt(8 * np.log(2)) if smooth else 0.0  # Gaussian sigma in channels
+    mg = -(-int(np.ceil(4 * sg)) // f)                            # margin (whole bins) for the smoothing
+    a = sl.start - f * min(mg, sl.start // f)
+    b = sl.start + f * (nw + min(mg, (len(e) - sl.start) // f - nw))
+    w0 = (sl.start - a) // f
+    ew = e[a:b].reshape(-1, f).mean(-1)[w0:w0 + nw]              # bin centres
+    return PeakBins(int(a), int(b), int(f), int(w0), int(nw), float(dE), float(sg), ew)
+
+def _peak_search(bins, # bins(p0, p1) -> float64 (R_, p1 - p0, (b - a) / f) bin means of the pixels p0:p1, a fresh array
+                 R_:int, P_:int, lead:tuple, g:PeakBins, min_height, background, edge, refine, chunk,
+                 noise=None, # (sd (P_, bins), pixel keys (P_,), stream seed): each replica's draw of the counts' noise; None: none
+                )->Peaks:
+    "The search of `find_peaks` over blocks of whole pixels (all their replicas): noise, smoothing, the peak of each row."
+    try: mh = np.broadcast_to(np.asarray(min_height, float), lead).reshape(-1)
+    except ValueError: raise ValueError(f"min_height: shape {np.shape(min_height)} does not broadcast to the signal's {lead}.") from None
+    pb = max(1, min(int(chunk), _BLOCK_VALUES // (g.b - g.a)) // R_)   # pixels per block: at most `chunk` rows and about 1 M values (binning in cache: 2.5x faster)
+    parts = []
+    for p0 in range(0, P_, pb):
+        n_p = min(pb, P_ - p0)
+        y3 = bins(p0, p0 + n_p)                                   # (replica, pixel, bin)
+        if noise is not None:   # + the measured counts' Poisson noise, a draw per replica and pixel
+            sd, key, h = noise
+            for j in range(n_p):
+                z = _pixel_normals(h, key[p0 + j], R_, y3.shape[-1])   # (R, bins)
+                z *= sd[p0 + j]
+                y3[:, j] += z
+        y = y3.reshape(-1, y3.shape[-1])
+        if g.sigma: y = gaussian_filter1d(y, g.sigma / g.f, axis=-1, mode="nearest")
+        parts.append([v.reshape(R_, -1) for v in _peak_block(y[:, g.w0:g.w0 + g.nw], g.ew, g.dE * g.f, background, edge, refine)])
+    pos, width, h, found, wok, bgp = (np.concatenate(v, 1).reshape(-1) for v in zip(*parts))
+    found &= h > mh
+    r = lambda v: v.reshape(lead)
+    return Peaks(r(pos), r(width), r(h), r(found), r(wok), r(bgp), (float(g.ew[0]), float(g.ew[-1])))
+
 def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_rep, ..., n_E)
                energy, # energy axis (eV), (n_E,)
                window:tuple, # (e_lo, e_hi) eV where the peak is sought
@@ -474,50 +533,19 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
         raise ValueError(f"smooth: expected a Gaussian FWHM >= 0 (eV) or None, got {smooth}.")
     if refine is not None and (not np.isfinite(refine) or refine < 0):
         raise ValueError(f"refine: expected a half-width >= 0 (eV) or None, got {refine}.")
-    sl = _window_slice(e, window)
+    g = peak_bins(e, window, bin_width, smooth)
     lead = s.shape[:-1]
-    try: mh = np.broadcast_to(np.asarray(min_height, float), lead).reshape(-1)
-    except ValueError: raise ValueError(f"min_height: shape {np.shape(min_height)} does not broadcast to the signal's {lead}.") from None
-    dE = (e[-1] - e[0]) / (len(e) - 1)
-    if bin_width is not None and (not np.isfinite(bin_width) or bin_width <= 0):
-        raise ValueError(f"bin_width: expected a bin width > 0 (eV) or None, got {bin_width}.")
-    f = max(1, int(bin_width / dE + 1e-9)) if bin_width else 1     # channels per bin
-    nw = (sl.stop - sl.start) // f                                # whole bins in the window (a partial last one dropped)
-    if nw < 5: raise ValueError(f"bin_width: {bin_width} eV leaves {nw} bins in the window {window}; need at least 5.")
-    sg = smooth / dE / np.sqrt(8 * np.log(2)) if smooth else 0.0  # Gaussian sigma in channels
-    mg = -(-int(np.ceil(4 * sg)) // f)                            # margin (whole bins) for the smoothing
-    a = sl.start - f * min(mg, sl.start // f)
-    b = sl.start + f * (nw + min(mg, (len(e) - sl.start) // f - nw))
-    w0 = (sl.start - a) // f
-    eb = e[a:b].reshape(-1, f).mean(-1)                           # bin centres
-    ew = eb[w0:w0 + nw]
-    if counts is None: s3, sd = s.reshape(1, -1, len(e)), None
+    if counts is None: s3, noise = s.reshape(1, -1, len(e)), None
     else:   # replicas first: blocks of whole pixels (all their replicas), whose noise comes from each pixel's own stream
-        sd, key = _count_noise(counts, lead, len(e), a, b, f, pixel_seeds)
-        h = _stream_seed(seed)
-        s3 = s.reshape(lead[0], -1, len(e))
-    R_, P_ = s3.shape[:2]
-    pb = max(1, min(int(chunk), _BLOCK_VALUES // (b - a)) // R_)   # pixels per block: at most `chunk` rows and about 1 M values (binning in cache: 2.5x faster)
-    parts = []
-    for p0 in range(0, P_, pb):
-        blk = s3[:, p0:p0 + pb, a:b]   # (replica, pixel) rows of this block
-        if f > 1: y = _bin_sums(blk, f, np.float64).reshape(-1, (b - a) // f) * (1.0 / f)   # bin means (binned before any float64 copy)
-        else: y = blk.reshape(-1, b - a).astype(np.float64)
-        if sd is not None:   # + the measured counts' Poisson noise, a draw per replica and pixel
-            n_p = min(pb, P_ - p0)
-            y3 = y.reshape(R_, n_p, -1)
-            for j in range(n_p):
-                z = _pixel_normals(h, key[p0 + j], R_, y.shape[1])   # (R, bins)
-                z *= sd[p0 + j]
-                y3[:, j] += z
-        if smooth: y = gaussian_filter1d(y, sg / f, axis=-1, mode="nearest")
-        parts.append([v.reshape(R_, -1) for v in _peak_block(y[:, w0:w0 + nw], ew, dE * f, background, edge, refine)])
-    pos, width, h, found, wok, bgp = (np.concatenate(v, 1).reshape(-1) for v in zip(*parts))
-    found &= h > mh
-    r = lambda v: v.reshape(lead)
-    return Peaks(r(pos), r(width), r(h), r(found), r(wok), r(bgp), (float(ew[0]), float(ew[-1])))
+        sd, key = _count_noise(counts, lead, len(e), g.a, g.b, g.f, pixel_seeds)
+        s3, noise = s.reshape(lead[0], -1, len(e)), (sd, key, _stream_seed(seed))
+    def bins(p0, p1):   # bin means (R_, p1 - p0, bins) of a block of pixels, binned before any float64 copy
+        blk = s3[:, p0:p1, g.a:g.b]
+        return _bin_sums(blk, g.f, np.float64) * (1.0 / g.f) if g.f > 1 else blk.astype(np.float64)
+    return _peak_search(bins, s3.shape[0], s3.shape[1], lead, g, min_height, background, edge, refine, chunk, noise)
 
 WS2_EXCITON_WINDOWS = ((1.8, 2.2), (2.2, 2.7))   # A and B excitons of WS2 (eV)
+PLASMON_BIN_WIDTH, PLASMON_SMOOTH = 0.2, 0.5      # plasmon search: bins (eV) and Gaussian smoothing FWHM (eV)
 
 def excitons(inelastic, # inelastic signal or SSD, (n_rep, ..., n_E)
              energy, # energy axis (eV)
@@ -538,10 +566,10 @@ def plasmon(signal, # SSD or inelastic signal, (n_rep, ..., n_E)
             energy, # energy axis (eV)
             window:tuple=(10.0, 40.0), # where the bulk plasmon is sought (eV)
             background:str|None=None, # the plasmon stands on its own: no background by default
-            smooth:float|None=0.5, # Gaussian smoothing FWHM (eV); the plasmon is several eV wide
+            smooth:float|None=PLASMON_SMOOTH, # Gaussian smoothing FWHM (eV); the plasmon is several eV wide
             refine:float|None=2.0, # half-width (eV) of the parabola fitted around the maximum (a broad, flat top)
             min_height=0.0, # minimum height (scalar or (...)), e.g. 1e-5 * I0 to reject vacuum pixels
-            bin_width:float|None=0.2, # channels averaged into bins of about this width (eV) first: a peak several eV wide loses nothing (the 0.5 eV smoothing dominates), the search handles 8x fewer values on 25 meV channels; None: every channel
+            bin_width:float|None=PLASMON_BIN_WIDTH, # channels averaged into bins of about this width (eV) first: a peak several eV wide loses nothing (the 0.5 eV smoothing dominates), the search handles 8x fewer values on 25 meV channels; None: every channel
             counts=None, # measured counts (..., n_E) the replicas share: their Poisson noise drawn per replica (see `find_peaks`)
             seed=0, # seed of those draws
            )->Peaks:

@@ -471,16 +471,27 @@ class ConditionGrid:
         return out
 
     def interpolate_kept(self, rows:np.ndarray, weights:np.ndarray, keep:slice, out=None, sums=None, slab=None,
-                         tmp=None)->tuple:
+                         tmp=None, bins=None, out_bins=None)->tuple:
         """ZLP replicas (n_rep, m, k) in counts on the channels `keep` only, and their integrals over all channels
         (n_rep, m) (float64 of a float32 pairwise sum): one replica at a time, its full (m, n_E) slab in the cache (`slab`,
-        `tmp`: reusable float32 buffers of m n_E). The kept values equal `interpolate`'s to the bit."""
+        `tmp`: reusable float32 buffers of m n_E). The kept values equal `interpolate`'s to the bit. With `bins` (A, B, f)
+        also their sums over channels A:B, f at a time (n_rep, m, (B - A) / f) in float64 (`out_bins`), as
+        `eelsnb.image.analyse_chunk` sums them for the plasmon (`zlp_bins`): returns (out, sums, out_bins)."""
         R, m, nE = self.n_rep, len(rows), self.store.data.shape[-1]
         keep = slice(*keep.indices(nE))
         k = len(range(nE)[keep])
         if out is None: out = np.empty((R, m, k), np.float32)
         if out.shape != (R, m, k) or out.dtype != np.float32:
             raise ValueError(f"out: need a float32 array of shape {(R, m, k)}, got {out.dtype} {out.shape}.")
+        if bins is not None:
+            from eelsnb.physics import _bin_sums
+            A, B, f = (int(v) for v in bins)
+            if not (0 <= A < B <= nE and f >= 1 and (B - A) % f == 0):
+                raise ValueError(f"bins: expected (A, B, f) with 0 <= A < B <= {nE} and B - A a multiple of f, got {bins!r}.")
+            nb = (B - A) // f
+            if out_bins is None: out_bins = np.empty((R, m, nb))
+            if out_bins.shape != (R, m, nb) or out_bins.dtype != np.float64:
+                raise ValueError(f"out_bins: need a float64 array of shape {(R, m, nb)}, got {out_bins.dtype} {out_bins.shape}.")
         if sums is None: sums = np.empty((R, m))
         bufs = []
         for b in (slab, tmp):
@@ -502,7 +513,8 @@ class ConditionGrid:
                 np.exp(sn, out=sn)
                 sums[r] = sn.sum(-1)
                 out[r] = sn[:, keep]
-        return out, sums
+                if bins is not None: out_bins[r] = _bin_sums(sn[:, A:B], f, np.float64)
+        return (out, sums) if bins is None else (out, sums, out_bins)
 
     def zlp(self, values:dict, log:bool=False, out=None, channels=None)->np.ndarray:
         "ZLP replicas (n_rep, m, n_E) in counts (float32) at condition values name -> (m,), by multilinear interpolation in ln I."
