@@ -448,9 +448,10 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
     if grid is not None and grid.ensemble is not ensemble: raise ValueError("grid: built for another ensemble; leave grid=None.")
     pk = dict(peak_kw or {})
-    _, _, used = analysed_channels(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
+    used, pl = analysed_layout(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
     it = subtract_image(ensemble, counts, e, grid=grid, chunk_pixels=chunk_pixels, max_memory=max_memory,
-                        conditions=conditions, reuse=True, tol=tol, seed=seed, channels=used)   # chunks keep the analysed channels
+                        conditions=conditions, reuse=True, tol=tol, seed=seed, channels=used,   # chunks keep the analysed channels,
+                        bins=None if pl is None else (pl[0], pl[1], pl[2].f))                   # and the plasmon's bin sums
     t3 = time.perf_counter()
     P = int(np.prod(shape))
     maps, n_failed, reasons = {}, np.zeros(P, int), {}
@@ -462,7 +463,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     def work(i, ch, buf):
         out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf, window=window,
                             exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
-                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels,
+                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels, zlp_bins=ch.zlp_bins,
                             vacuum_below=vacuum_below, **pk)
         return ch.index, out, buf
     def collect(index, out):

@@ -637,6 +637,7 @@ class ImageChunk:
     conditions: dict     # name -> (m,) the model's conditions of these pixels
     zlp_sum: np.ndarray = None   # (n_rep, m) ZLP integrals over all channels (float64 of float32 sums); set with `channels`
     channels: slice = None       # the channels `zlp` holds (None: all)
+    zlp_bins: np.ndarray = None  # (n_rep, m, bins) float64 sums of the ZLP replicas over channels A:B, f at a time (`bins=`)
     @property
     def inelastic(self)->np.ndarray: return self.counts[None, :, self.channels or slice(None)] - self.zlp
     def inelastic_into(self, out:np.ndarray)->np.ndarray:
@@ -682,7 +683,7 @@ class ImageSubtraction:
     "Chunked ZLP subtraction of an SI: iterate to get `ImageChunk`s; `.grid`, `.conditions`, `.signals()`."
     def __init__(self, ensemble, si, energy=None, grid:ConditionGrid|None=None, chunk_pixels:int|None=None,
                  max_memory:float=2**30, conditions:dict|None=None, reuse:bool=False, progress:bool=False,
-                 check_zlp:float|None=1.5, block:int=2048, channels:slice|None=None, **grid_kw):
+                 check_zlp:float|None=1.5, block:int=2048, channels:slice|None=None, bins:tuple|None=None, **grid_kw):
         check_ensemble(ensemble)
         self.flat, self.shape, e, self.nav_axes, self.title = _si_source(si, energy)
         self.energy = check_energy_for(ensemble, e)
@@ -720,7 +721,14 @@ class ImageSubtraction:
         self.channels = None if channels is None else slice(*channels.indices(nE)[:2])
         if self.channels is not None and self.channels.stop <= self.channels.start:
             raise ValueError(f"channels: {channels!r} selects no channel of the {nE}-channel axis.")
-        self._buf = self._tmp = self._slab = self._it = None
+        if bins is not None:
+            if self.channels is None: raise ValueError("bins: only with channels= (the chunks then carry their bin sums as `zlp_bins`).")
+            A, B, f = (int(v) for v in bins)
+            if not (0 <= A < B <= nE and f >= 1 and (B - A) % f == 0):
+                raise ValueError(f"bins: expected (A, B, f) with 0 <= A < B <= {nE} and B - A a multiple of f, got {bins!r}.")
+            bins = (A, B, f)
+        self.bins = bins
+        self._buf = self._tmp = self._slab = self._bbuf = self._it = None
 
     def __len__(self)->int: return math.ceil(self.n_pixels / self.chunk_pixels)
     @property
@@ -746,8 +754,15 @@ class ImageSubtraction:
                 yield ImageChunk(np.arange(a, b), counts, out, cond)
             else:   # only the kept channels leave the cache; the integrals over all channels come along
                 if self._slab is None: self._slab = np.empty(m * nE, np.float32)
-                _, sums = self.grid.interpolate_kept(rows, w, self.channels, out=out, slab=self._slab, tmp=self._tmp)
-                yield ImageChunk(np.arange(a, b), counts, out, cond, sums, self.channels)
+                ob = None
+                if self.bins is not None:   # and the sums over the bins (A, B, f), while each replica's slab is in the cache
+                    nb = (self.bins[1] - self.bins[0]) // self.bins[2]
+                    if self.reuse:
+                        if self._bbuf is None: self._bbuf = np.empty(R * m * nb)
+                        ob = self._bbuf[:R * (b - a) * nb].reshape(R, b - a, nb)
+                    else: ob = np.empty((R, b - a, nb))
+                got = self.grid.interpolate_kept(rows, w, self.channels, out=out, slab=self._slab, tmp=self._tmp, bins=self.bins, out_bins=ob)
+                yield ImageChunk(np.arange(a, b), counts, out, cond, got[1], self.channels, None if self.bins is None else got[2])
 
     def __iter__(self): return self.chunks()
     def __next__(self):
@@ -780,7 +795,7 @@ def subtract_image(ensemble, # a trained ZLPEnsemble
                    conditions:dict|None=None, # values of conditions not computed from spectra: scalar or (ny, nx) map
                    reuse:bool=False, # write every chunk's zlp into one buffer (use each chunk before the next)
                    progress:bool=False, # tqdm bar over chunks
-                   **kw, # more options: check_zlp, block, channels (a slice: chunks keep only those channels of the ZLP, with its integral over all as `zlp_sum`), and those of `condition_grid` (tol, n_grid, n_check, seed)
+                   **kw, # more options: check_zlp, block, channels (a slice: chunks keep only those channels of the ZLP, with its integral over all as `zlp_sum`), bins ((A, B, f) with channels: also the sums over channels A:B, f at a time, as `zlp_bins`), and those of `condition_grid` (tol, n_grid, n_check, seed)
                   )->ImageSubtraction: # iterate over it for `ImageChunk`s
     "Chunked ZLP subtraction of a spectral image through a condition grid; no loop over pixels, bounded memory."
     return ImageSubtraction(ensemble, si, energy, grid, chunk_pixels, max_memory, conditions, reuse, progress, **kw)
