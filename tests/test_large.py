@@ -224,3 +224,17 @@ def test_workers_start_without_trim_threshold():
             with pytest.warns(UserWarning, match="MALLOC_TRIM_THRESHOLD_: null"):
                 _check_workers(c)
     finally: cl.close()
+
+
+def test_lazy_rows_from_kept_chunk_rows(data):
+    """LazySI.rows serves blocks thinner than the file's chunks from the last two chunk rows read: the same arrays as a
+    direct read, across chunk edges, as new arrays (a caller may write into them), never more than two chunk rows kept."""
+    from eelsnb.large import open_si
+    src = open_si(data["path"])
+    ys = src._chunk_rows()
+    assert ys is not None and ys[1] == 8   # the fixture's .zspy has 8-row chunks
+    for a, b in [(0, 4), (4, 8), (6, 13), (13, 14), (0, 48), (47, 48), (2, 3)]:
+        np.testing.assert_array_equal(src.rows(a, b), src._read(a, b))
+        assert 1 <= len(src._cache) <= 2
+    x = src.rows(0, 4); x[:] = -1
+    assert (src.rows(0, 4) != -1).all()
