@@ -326,6 +326,14 @@ class NodeStore:
             for i in idx: self.keys[keys[i]] = self.n; self.n += 1
         return np.array([self.keys[k] for k in keys], np.int64)
 
+def _check_bins(bins, nE:int)->tuple:
+    "(A, B, f) as ints: channels A:B of an nE-channel axis summed f at a time (B - A a multiple of f), or a ValueError."
+    try: A, B, f = (int(v) for v in bins)
+    except (TypeError, ValueError): A = B = f = -1
+    if not (0 <= A < B <= nE and f >= 1 and (B - A) % f == 0):
+        raise ValueError(f"bins: expected (A, B, f) with 0 <= A < B <= {nE} and B - A a multiple of f, got {bins!r}.")
+    return A, B, f
+
 @dataclass
 class ConditionGrid:
     "The ensemble's ln ZLP on a grid in the principal axes of the pixels' conditions; multilinear interpolation."
@@ -485,9 +493,7 @@ class ConditionGrid:
             raise ValueError(f"out: need a float32 array of shape {(R, m, k)}, got {out.dtype} {out.shape}.")
         if bins is not None:
             from eelsnb.physics import _bin_sums
-            A, B, f = (int(v) for v in bins)
-            if not (0 <= A < B <= nE and f >= 1 and (B - A) % f == 0):
-                raise ValueError(f"bins: expected (A, B, f) with 0 <= A < B <= {nE} and B - A a multiple of f, got {bins!r}.")
+            A, B, f = _check_bins(bins, nE)
             nb = (B - A) // f
             if out_bins is None: out_bins = np.empty((R, m, nb))
             if out_bins.shape != (R, m, nb) or out_bins.dtype != np.float64:
@@ -723,10 +729,7 @@ class ImageSubtraction:
             raise ValueError(f"channels: {channels!r} selects no channel of the {nE}-channel axis.")
         if bins is not None:
             if self.channels is None: raise ValueError("bins: only with channels= (the chunks then carry their bin sums as `zlp_bins`).")
-            A, B, f = (int(v) for v in bins)
-            if not (0 <= A < B <= nE and f >= 1 and (B - A) % f == 0):
-                raise ValueError(f"bins: expected (A, B, f) with 0 <= A < B <= {nE} and B - A a multiple of f, got {bins!r}.")
-            bins = (A, B, f)
+            bins = _check_bins(bins, nE)
         self.bins = bins
         self._buf = self._tmp = self._slab = self._bbuf = self._it = None
 
