@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .io import check_energy, check_counts
 from .bandgap import Summary, summarize, fit_band_gap
 from .physics import (t_over_lambda, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
-                            WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH)
+                            _bin_noise, WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH, PLASMON_REFINE)
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
                              single_thread_kernels, _positive)
@@ -51,16 +51,20 @@ def analysed_channels(energy, # energy axis (eV)
 def analysed_layout(energy, # energy axis (eV)
                     window=None, exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0),
                     exciton_smooth:float|None=0.1, bandgap_kw:dict|None=None, # as in `analyse_chunk`
-                   )->tuple: # (near: slice of channels, plasmon: (A, B, PeakBins) or None)
+                   )->tuple: # (near: slice of channels, bins: (A, B, f) or None, the plasmon's PeakBins or None)
     """The ZLP replicas `analyse_chunk` reads: channel by channel on `near` (band gap and excitons), and for the plasmon
-    only their sums over its bins, channels A:B taken `PeakBins.f` at a time (`zlp_bins`: 8x fewer values)."""
+    only their sums over its bins, channels A:B taken f at a time (`zlp_bins`: 8x fewer values)."""
     cb, crops, _ = analysed_channels(energy, window, exciton_windows, plasmon_window, exciton_smooth, bandgap_kw)
-    near = [cb] + crops[:len(exciton_windows or ())]
+    return _layout(check_energy(energy), cb, crops, len(exciton_windows or ()), plasmon_window)
+
+def _layout(e, cb, crops, n_exc:int, plasmon_window)->tuple:
+    "`analysed_layout` from `analysed_channels`' crops."
+    near = [cb] + crops[:n_exc]
     near = slice(min(c.start for c in near), max(c.stop for c in near))
-    if plasmon_window is None: return near, None
+    if plasmon_window is None: return near, None, None
     cs = crops[-1]
-    g = peak_bins(check_energy(energy)[cs], plasmon_window, PLASMON_BIN_WIDTH, PLASMON_SMOOTH)
-    return near, (cs.start + g.a, cs.start + g.b, g)
+    g = peak_bins(e[cs], plasmon_window, PLASMON_BIN_WIDTH, PLASMON_SMOOTH)
+    return near, (cs.start + g.a, cs.start + g.b, g.f), g
 
 def t_over_lambda_sums(counts, # (m, n_E) measured counts
                         i0, # (n_rep, m) ZLP integrals of the replicas (e.g. `ImageChunk.zlp_sum`)
@@ -118,8 +122,8 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
         if i0.shape != (R, m): raise ValueError(f"zlp_sum: expected shape {(R, m)}, got {i0.shape}.")
     out["t_over_lambda"] = summarize(t_over_lambda_sums(counts, i0))
     cb, crops, _ = analysed_channels(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
-    used, pl = analysed_layout(e, window, exciton_windows, plasmon_window, exciton_smooth, bkw)
-    need = used if pl is None or zlp_bins is not None else slice(min(used.start, pl[0]), max(used.stop, pl[1]))
+    used, bins, g = _layout(e, cb, crops, len(exciton_windows or ()), plasmon_window)
+    need = used if bins is None or zlp_bins is not None else slice(min(used.start, bins[0]), max(used.stop, bins[1]))
     if need.start < zc.start or need.stop > zc.stop:
         raise ValueError(f"zlp_channels: the ZLP holds channels {zc.start}..{zc.stop - 1}, the analysis needs "
                          f"{need.start}..{need.stop - 1}; keep at least `analysed_channels(...)[2]` (or "
@@ -142,8 +146,8 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                        counts=counts[:, cs], seed=[seed, 1, i])   # + the counts' Poisson noise, drawn per replica and pixel
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
-    if pl is not None:   # `plasmon`'s search on its bins: counts and ZLP summed per bin, then subtracted (8x fewer values)
-        A, B, g = pl
+    if bins is not None:   # `plasmon`'s search on its bins: counts and ZLP summed per bin, then subtracted (8x fewer values)
+        A, B, _ = bins
         cbin = _bin_sums(np.asarray(counts, np.float64)[:, A:B], g.f)                     # (m, bins)
         if zlp_bins is None: zb = _bin_sums(zlp[..., A - zc.start:B - zc.start], g.f, np.float64)
         else:
@@ -152,9 +156,9 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                 raise ValueError(f"zlp_bins: expected the ZLP replicas' sums over the plasmon's bins, shape {(R, m, cbin.shape[1])} "
                                  f"(`analysed_layout(...)[1]`: channels {A}..{B - 1} in bins of {g.f}), got {zb.shape}.")
         _check_finite(cbin, "counts"); _check_finite(zb, "zlp" if zlp_bins is None else "zlp_bins")
-        noise = (np.sqrt(np.maximum(cbin, 0.0)) / g.f, _pixel_keys(None, (m,)), _stream_seed([seed, 2]))   # + the counts' Poisson noise
+        noise = (_bin_noise(cbin, g.f), _pixel_keys(None, (m,)), _stream_seed([seed, 2]))   # + the counts' Poisson noise
         p = _peak_search(lambda p0, p1: (cbin[None, p0:p1] - zb[:, p0:p1]) * (1.0 / g.f), R, m, (R, m), g,
-                         plasmon_min_height * i0, None, 3, 2.0, 4096, noise)
+                         min_height=plasmon_min_height * i0, background=None, edge=3, refine=PLASMON_REFINE, chunk=4096, noise=noise)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
     vb = check_vacuum_below(vacuum_below)
     vac = np.zeros(m, bool) if vb is None else np.asarray(out["t_over_lambda"].median) < vb
@@ -448,10 +452,10 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
     if grid is not None and grid.ensemble is not ensemble: raise ValueError("grid: built for another ensemble; leave grid=None.")
     pk = dict(peak_kw or {})
-    used, pl = analysed_layout(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
+    used, bins, _ = analysed_layout(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
     it = subtract_image(ensemble, counts, e, grid=grid, chunk_pixels=chunk_pixels, max_memory=max_memory,
                         conditions=conditions, reuse=True, tol=tol, seed=seed, channels=used,   # chunks keep the analysed channels,
-                        bins=None if pl is None else (pl[0], pl[1], pl[2].f))                   # and the plasmon's bin sums
+                        bins=bins)                                                              # and the plasmon's bin sums
     t3 = time.perf_counter()
     P = int(np.prod(shape))
     maps, n_failed, reasons = {}, np.zeros(P, int), {}

@@ -345,22 +345,20 @@ def pass2_block(out_dir, b:int, data=None)->dict:
         # only the channels the analysis reads leave the cache (none for t/lambda), with every replica's ZLP integral
         # over all channels (`ConditionGrid.interpolate_kept`), as analyse_image does
         # (the plasmon's only as sums over its bins: `analysed_layout`)
-        if run["analysis"] == "thickness": used, pl = slice(0, 0), None
-        else: used, pl = analysed_layout(e, akw.get("window"), akw.get("exciton_windows"), akw.get("plasmon_window"),
-                                         akw.get("exciton_smooth", 0.1), akw.get("bandgap_kw"))
+        if run["analysis"] == "thickness": used, bins = slice(0, 0), None
+        else: used, bins, _ = analysed_layout(e, akw.get("window"), akw.get("exciton_windows"), akw.get("plasmon_window"),
+                                              akw.get("exciton_smooth", 0.1), akw.get("bandgap_kw"))
         kc = used.stop - used.start
         zbuf = np.empty(R * cp * kc, np.float32); ibuf = np.empty_like(zbuf)
-        nbin = 0 if pl is None else (pl[1] - pl[0]) // pl[2].f
+        nbin = 0 if bins is None else (bins[1] - bins[0]) // bins[2]
         bbuf = np.empty(R * cp * nbin)
         slab = np.empty(cp * nE, np.float32); tbuf = np.empty_like(slab)   # one replica's full chunk and gather buffer
         for j, a in enumerate(range(0, m, cp)):
             z = min(a + cp, m); k = z - a
             cz = {n: v[a:z] for n, v in cond.items()}
             with _LOCK: rows_, w_ = grid.prepare(cz)   # (adds missing nodes: one thread)
-            got = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab, tmp=tbuf,
-                                        bins=None if pl is None else (pl[0], pl[1], pl[2].f),
-                                        out_bins=None if pl is None else bbuf[:R * k * nbin].reshape(R, k, nbin))
-            zlp, sums, zbins = got if pl is not None else got + (None,)
+            zlp, sums, zbins = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab,
+                                                     tmp=tbuf, bins=bins, out_bins=None if bins is None else bbuf[:R * k * nbin].reshape(R, k, nbin))
             seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
                 summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda_sums(y[a:z], sums))}, np.zeros(k, np.int64), {}

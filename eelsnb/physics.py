@@ -16,9 +16,9 @@ from .io import check_energy, check_counts
 from .bandgap import summarize, Summary, _splitmix, _seed_int, _pixel_keys
 
 # %% auto #0
-__all__ = ['RECONVOLVE', 'WS2_EXCITON_WINDOWS', 'PLASMON_BIN_WIDTH', 'PLASMON_SMOOTH', 'zlp_intensity', 'summary_maps',
-           't_over_lambda', 'fourier_log_deconvolution', 'kk_thickness', 'KKResult', 'kramers_kronig', 'Peaks',
-           'PeakBins', 'peak_bins', 'find_peaks', 'excitons', 'plasmon']
+__all__ = ['RECONVOLVE', 'WS2_EXCITON_WINDOWS', 'PLASMON_BIN_WIDTH', 'PLASMON_SMOOTH', 'PLASMON_REFINE', 'zlp_intensity',
+           'summary_maps', 't_over_lambda', 'fourier_log_deconvolution', 'kk_thickness', 'KKResult', 'kramers_kronig',
+           'Peaks', 'PeakBins', 'peak_bins', 'find_peaks', 'excitons', 'plasmon']
 
 # %% ../nbs/08_physics.ipynb #1ef6b390
 def _as_float(x, name):
@@ -449,7 +449,11 @@ def _count_noise(counts, lead, n_E, a, b, f, pixel_seeds)->tuple:
                          f"of replicas first {tuple(lead) + (n_E,)}; got {c.shape}.")
     c = c.reshape(-1, c.shape[-1])[:, a:b]
     _check_finite(c, "counts")
-    return np.sqrt(np.maximum(_bin_sums(c, f), 0.0)) / f, _pixel_keys(pixel_seeds, lead[1:])
+    return _bin_noise(_bin_sums(c, f), f), _pixel_keys(pixel_seeds, lead[1:])
+
+def _bin_noise(sums, f:int)->np.ndarray:
+    "Poisson sd of bin means from the counts' sums over bins of f channels."
+    return np.sqrt(np.maximum(sums, 0.0)) / f
 
 class PeakBins(NamedTuple):
     "Where `find_peaks` looks on an energy axis: channels a:b (the window and the smoothing margin, whole bins of f channels)."
@@ -545,7 +549,7 @@ def find_peaks(signal, # spectra (..., n_E), e.g. SSD or inelastic replicas (n_r
     return _peak_search(bins, s3.shape[0], s3.shape[1], lead, g, min_height, background, edge, refine, chunk, noise)
 
 WS2_EXCITON_WINDOWS = ((1.8, 2.2), (2.2, 2.7))   # A and B excitons of WS2 (eV)
-PLASMON_BIN_WIDTH, PLASMON_SMOOTH = 0.2, 0.5      # plasmon search: bins (eV) and Gaussian smoothing FWHM (eV)
+PLASMON_BIN_WIDTH, PLASMON_SMOOTH, PLASMON_REFINE = 0.2, 0.5, 2.0   # plasmon search: bins, Gaussian smoothing FWHM, parabola half-width (eV)
 
 def excitons(inelastic, # inelastic signal or SSD, (n_rep, ..., n_E)
              energy, # energy axis (eV)
@@ -567,7 +571,7 @@ def plasmon(signal, # SSD or inelastic signal, (n_rep, ..., n_E)
             window:tuple=(10.0, 40.0), # where the bulk plasmon is sought (eV)
             background:str|None=None, # the plasmon stands on its own: no background by default
             smooth:float|None=PLASMON_SMOOTH, # Gaussian smoothing FWHM (eV); the plasmon is several eV wide
-            refine:float|None=2.0, # half-width (eV) of the parabola fitted around the maximum (a broad, flat top)
+            refine:float|None=PLASMON_REFINE, # half-width (eV) of the parabola fitted around the maximum (a broad, flat top)
             min_height=0.0, # minimum height (scalar or (...)), e.g. 1e-5 * I0 to reject vacuum pixels
             bin_width:float|None=PLASMON_BIN_WIDTH, # channels averaged into bins of about this width (eV) first: a peak several eV wide loses nothing (the 0.5 eV smoothing dominates), the search handles 8x fewer values on 25 meV channels; None: every channel
             counts=None, # measured counts (..., n_E) the replicas share: their Poisson noise drawn per replica (see `find_peaks`)

@@ -484,7 +484,7 @@ class ConditionGrid:
         (n_rep, m) (float64 of a float32 pairwise sum): one replica at a time, its full (m, n_E) slab in the cache (`slab`,
         `tmp`: reusable float32 buffers of m n_E). The kept values equal `interpolate`'s to the bit. With `bins` (A, B, f)
         also their sums over channels A:B, f at a time (n_rep, m, (B - A) / f) in float64 (`out_bins`), as
-        `eelsnb.image.analyse_chunk` sums them for the plasmon (`zlp_bins`): returns (out, sums, out_bins)."""
+        `eelsnb.image.analyse_chunk` sums them for the plasmon (`zlp_bins`). Returns (out, sums, out_bins or None)."""
         R, m, nE = self.n_rep, len(rows), self.store.data.shape[-1]
         keep = slice(*keep.indices(nE))
         k = len(range(nE)[keep])
@@ -520,7 +520,7 @@ class ConditionGrid:
                 sums[r] = sn.sum(-1)
                 out[r] = sn[:, keep]
                 if bins is not None: out_bins[r] = _bin_sums(sn[:, A:B], f, np.float64)
-        return (out, sums) if bins is None else (out, sums, out_bins)
+        return out, sums, out_bins
 
     def zlp(self, values:dict, log:bool=False, out=None, channels=None)->np.ndarray:
         "ZLP replicas (n_rep, m, n_E) in counts (float32) at condition values name -> (m,), by multilinear interpolation in ln I."
@@ -764,8 +764,9 @@ class ImageSubtraction:
                         if self._bbuf is None: self._bbuf = np.empty(R * m * nb)
                         ob = self._bbuf[:R * (b - a) * nb].reshape(R, b - a, nb)
                     else: ob = np.empty((R, b - a, nb))
-                got = self.grid.interpolate_kept(rows, w, self.channels, out=out, slab=self._slab, tmp=self._tmp, bins=self.bins, out_bins=ob)
-                yield ImageChunk(np.arange(a, b), counts, out, cond, got[1], self.channels, None if self.bins is None else got[2])
+                _, sums, zb = self.grid.interpolate_kept(rows, w, self.channels, out=out, slab=self._slab, tmp=self._tmp,
+                                                         bins=self.bins, out_bins=ob)
+                yield ImageChunk(np.arange(a, b), counts, out, cond, sums, self.channels, zb)
 
     def __iter__(self): return self.chunks()
     def __next__(self):
