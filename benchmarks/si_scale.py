@@ -68,7 +68,8 @@ def run_row(path, out, kw, timeout):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     if kw.get("scheduler"): env["OMP_NUM_THREADS"] = "1"
-    r = subprocess.run([sys.executable, "-c", RUN, str(path), str(out), json.dumps(kw)], capture_output=True, text=True,
+    # -P: the child imports the eelsnb this interpreter finds (PYTHONPATH, site-packages), not one in the working directory
+    r = subprocess.run([sys.executable, "-P", "-c", RUN, str(path), str(out), json.dumps(kw)], capture_output=True, text=True,
                        timeout=timeout, env=env)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     if r.returncode != 0 or not line: raise RuntimeError(r.stdout[-2000:] + r.stderr[-3000:])
@@ -77,7 +78,7 @@ def run_row(path, out, kw, timeout):
 
 def write_si(ny, nx, tile, path):
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", WRITE, str(ny), str(nx), str(tile), str(path)], check=True,
+    subprocess.run([sys.executable, "-P", "-c", WRITE, str(ny), str(nx), str(tile), str(path)], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True)
     return time.perf_counter() - t
 

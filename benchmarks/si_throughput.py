@@ -67,7 +67,8 @@ print(json.dumps(out, default=lambda o: o if not hasattr(o, "tolist") else o.tol
 
 
 def run_worker(path, mode, pixels):
-    r = subprocess.run([sys.executable, "-c", WORKER, path, mode, json.dumps([int(p) for p in pixels])],
+    # -P: the worker imports the eelsnb this interpreter finds (PYTHONPATH, site-packages), not one in the working directory
+    r = subprocess.run([sys.executable, "-P", "-c", WORKER, path, mode, json.dumps([int(p) for p in pixels])],
                        capture_output=True, text=True)
     if r.returncode != 0: raise RuntimeError(f"{mode} worker failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
