@@ -622,6 +622,7 @@ class ZLPEnsemble:
                              checkpoint_every=int(checkpoint_every))
         ZLPModule(1, 1, hidden, activation, lr, lr_min, schedule, max_epochs, mono_weight, sigma_floor, anneal, patience) # validates
         self.net = None
+        self.spread_calibration = None # eelsnb.subtract.SpreadCalibration: set by `analyse_spectra` from held-out vacuum counts
 
     # ---- fitting ----
     @property
@@ -857,7 +858,8 @@ def _card(self)->dict:
                 replica_ids=[int(v) for v in self.replica_ids],
                 history=[{k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()} for h in self.history],
                 versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                weights_file=WEIGHTS_FILE)
+                weights_file=WEIGHTS_FILE,
+                spread_calibration=None if getattr(self, "spread_calibration", None) is None else self.spread_calibration.to_dict())
 
 def _save(self,
           path, # target directory
@@ -973,6 +975,12 @@ def _load(cls, path)->"ZLPEnsemble":
     ens.history, ens.training_set_seed = card.get("history", []), card["seeds"].get("training_set")
     ens.training_set_meta, ens.versions = card.get("training_set", {}), card["versions"]
     ens.module = ens.trainer = None
+    sc = card.get("spread_calibration")
+    if sc is not None:
+        from eelsnb.subtract import SpreadCalibration
+        if not isinstance(sc, dict): raise _bad(path / CARD_FILE, "'spread_calibration' should be an object or null.")
+        try: ens.spread_calibration = SpreadCalibration.from_dict(sc)
+        except ValueError as err: raise _bad(path / CARD_FILE, str(err)) from None
     return ens
 
 ZLPEnsemble.load = classmethod(_load)

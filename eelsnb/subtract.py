@@ -7,6 +7,7 @@ from __future__ import annotations
 import math, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,10 +18,11 @@ from .preprocess import spectrum_conditions
 from .bandgap import Summary, summarize, _median0, _nan_percentiles
 
 # %% auto #0
-__all__ = ['AXIS_KEYS', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis', 'training_axis', 'check_energy_for',
-           'model_conditions', 'check_zlp_scale', 'spectrum_signal', 'Subtraction', 'subtract', 'single_thread_kernels',
-           'lazy_empty', 'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid', 'ImageChunk',
-           'ImageSubtraction', 'subtract_image', 'memory_check']
+__all__ = ['AXIS_KEYS', 'CALIBRATION_TARGET', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis', 'training_axis',
+           'check_energy_for', 'model_conditions', 'check_zlp_scale', 'spectrum_signal', 'Subtraction', 'subtract',
+           'SpreadCalibration', 'scale_spread', 'calibrate_spread', 'single_thread_kernels', 'lazy_empty',
+           'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid', 'ImageChunk', 'ImageSubtraction',
+           'subtract_image', 'memory_check']
 
 # %% ../nbs/06_subtract.ipynb #2368a4d6
 AXIS_KEYS = ("energy_first", "energy_step", "energy_channels")
@@ -162,6 +164,7 @@ class Subtraction:
     title: str = ""
     method: str = "exact"    # 'exact' (networks at every spectrum) or 'grid' (condition grid)
     grid: object = field(default=None, repr=False)
+    spread_scale: float = 1.0 # the calibration applied to the ZLP replicas' spread (`scale_spread`; 1: none)
     @property
     def n_rep(self)->int: return self.zlp.shape[0]
     @property
@@ -187,6 +190,7 @@ def subtract(ensemble, # a trained ZLPEnsemble
              check_zlp:float|None=1.5, # allowed factor between predicted and measured ZLP core (None: no check)
              max_memory:float=2**32, # bytes the replicas may take (zlp + inelastic, float64)
              grid:"ConditionGrid|None"=None, # a grid over these spectra's conditions (method 'grid'); None: built here
+             calibrated:bool=True, # apply the ensemble's stored spread calibration (`ensemble.spread_calibration`), if any
              **grid_kw, # options of `condition_grid` (tol, n_grid, n_check, seed)
             )->Subtraction:
     "ZLP replicas at each spectrum's own conditions and the inelastic replicas counts - zlp."
@@ -209,8 +213,113 @@ def subtract(ensemble, # a trained ZLPEnsemble
         flat = {k: v.reshape(-1) for k, v in cond.items()}
         zlp = grid.zlp(flat).astype(np.float64).reshape((R,) + c.shape)
     if check_zlp is not None: check_zlp_scale(np.median(zlp, 0).reshape(-1, len(e)), c.reshape(-1, len(e)), check_zlp)
+    cal = getattr(ensemble, "spread_calibration", None) if calibrated else None
+    k = 1.0 if cal is None else _check_scale(cal.scale)
+    if k != 1.0: zlp = scale_spread(zlp, k)
     title = str(counts.metadata.General.title) if hasattr(counts, "metadata") else ""
-    return Subtraction(e, c, zlp, c[None] - zlp, cond, _nav_axes(counts), title, method, grid)
+    return Subtraction(e, c, zlp, c[None] - zlp, cond, _nav_axes(counts), title, method, grid, k)
+
+# %% ../nbs/06_subtract.ipynb #94f83800
+class SpreadCalibration(NamedTuple):
+    "The factor on the ensemble's spread that makes its 68% band cover held-out data 68% of the time."
+    scale: float            # factor on each replica's ln-space deviation from the replicas' mean (< 1: the band was too wide)
+    n_points: int           # held-out channels used
+    coverage_before: float  # fraction of them the unscaled band (widened by the counts' noise) covered
+    coverage_after: float   # ... and the scaled band
+    median_abs_pull: float  # median |median - counts| / half the 16-84% spread, unscaled
+    window: tuple           # (e_lo, e_hi) eV of the held-out range
+    def to_dict(self)->dict:
+        return dict(scale=float(self.scale), n_points=int(self.n_points), coverage_before=float(self.coverage_before),
+                    coverage_after=float(self.coverage_after), median_abs_pull=float(self.median_abs_pull),
+                    window=[float(w) for w in self.window], target=CALIBRATION_TARGET,
+                    method="held-out counts covered by the 68% ZLP band (eelsnb.subtract.calibrate_spread)")
+    @classmethod
+    def from_dict(cls, d:dict)->"SpreadCalibration":
+        "Read back `to_dict` (a model card's `spread_calibration`), checking it."
+        try:
+            s = float(d["scale"])
+            out = cls(s, int(d["n_points"]), float(d["coverage_before"]), float(d["coverage_after"]),
+                      float(d["median_abs_pull"]), tuple(float(w) for w in d["window"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"spread_calibration: not a calibration record ({type(err).__name__}: {err}).") from None
+        if not (np.isfinite(s) and s > 0): raise ValueError(f"spread_calibration: scale must be finite and > 0, got {s!r}.")
+        return out
+
+CALIBRATION_TARGET = 0.6827
+
+def _check_scale(scale)->float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}.")
+    return float(scale)
+
+def scale_spread(zlp, # ZLP replicas (n_rep, ..., n_E), counts > 0
+                 scale:float, # factor on each replica's deviation from the replicas' mean of ln I (1: unchanged)
+                )->np.ndarray: # the scaled replicas, same shape and dtype
+    "ZLP replicas whose ln-space deviation from the replicas' mean is multiplied by `scale` (a calibrated spread)."
+    scale = _check_scale(scale)
+    z = np.asarray(zlp)
+    if z.ndim < 2 or z.shape[0] < 2: raise ValueError(f"zlp: expected replicas first, (n_rep >= 2, ..., n_E), got shape {z.shape}.")
+    if scale == 1.0: return z.copy()
+    if not np.all(np.isfinite(z)): raise ValueError("zlp: contains NaN or inf values.")
+    if np.any(z < 0): raise ValueError("zlp: negative values; the spread is scaled in ln I, which needs ZLP counts >= 0.")
+    dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.float64
+    lz = np.log(np.maximum(z, np.finfo(dt).tiny).astype(np.float64))
+    m = lz.mean(0)
+    return np.exp(m + scale * (lz - m)).astype(dt)
+
+def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at their own conditions (e.g. `predict_for(vacuum)`)
+                     counts, # (m, n_E) their measured counts
+                     sigma, # noise of the counts, broadcastable to (m, n_E)
+                     energy, # (n_E,) eV
+                     window, # (e_lo, e_hi) eV, or one (e_lo, e_hi) per spectrum (m, 2): where these spectra were NOT trained on
+                     snr:float=3.0, # only channels where the median ZLP exceeds snr x sigma take part
+                     min_points:int=20, # fewer usable channels than this: ValueError
+                     bounds:tuple=(0.02, 50.0), # the scale is sought within these
+                    )->SpreadCalibration:
+    "The factor on the replicas' spread such that the 68% band (plus the counts' noise) covers held-out counts 68% of the time."
+    z = np.asarray(zlp, dtype=np.float64)
+    c, e = np.asarray(counts, dtype=np.float64), check_energy(energy)
+    if z.ndim != 3 or z.shape[0] < 5: raise ValueError(f"zlp: expected (n_rep >= 5, m, n_E) replicas, got shape {z.shape}.")
+    if c.shape != z.shape[1:] or c.shape[-1] != len(e):
+        raise ValueError(f"counts: expected shape {z.shape[1:]} (the replicas' spectra, energy last: {len(e)} channels), got {c.shape}.")
+    try: s = np.broadcast_to(np.asarray(sigma, dtype=np.float64), c.shape)
+    except ValueError: raise ValueError(f"sigma: shape {np.shape(sigma)} does not broadcast to the counts {c.shape}.") from None
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(c)) and np.all(np.isfinite(s))):
+        raise ValueError("zlp, counts, sigma: must be finite (NaN or inf found).")
+    if np.any(s <= 0): raise ValueError("sigma: must be > 0 everywhere.")
+    if np.any(z <= 0): raise ValueError("zlp: ZLP replicas must be > 0 (network predictions are).")
+    w = np.asarray(window, dtype=np.float64)
+    w = np.broadcast_to(w, (c.shape[0], 2)) if w.shape == (2,) else w
+    if w.shape != (c.shape[0], 2) or not np.all(np.isfinite(w)) or np.any(w[:, 1] <= w[:, 0]):
+        raise ValueError(f"window: expected (e_lo, e_hi) with e_lo < e_hi, or one per spectrum ({c.shape[0]}, 2); got {window!r}.")
+    lz = np.log(z)
+    lq = np.percentile(lz, [16, 50, 84], axis=0)
+    m = lz.mean(0)
+    inside = (e[None] >= w[:, :1]) & (e[None] < w[:, 1:])
+    use = inside & (np.exp(lq[1]) > snr * s)
+    n = int(use.sum())
+    if n < min_points:
+        raise ValueError(f"window: only {n} held-out channels where the ZLP exceeds {snr:g} x its noise (need {min_points}); "
+                         "the held-out range must reach where the held-out spectra still have signal (train them on less).")
+    lo_, md, hi_, mm, d, sd = lq[0][use], lq[1][use], lq[2][use], m[use], c[use], s[use]
+    def cover(k):
+        L, M, H = (np.exp(mm + k * (q - mm)) for q in (lo_, md, hi_))
+        return float(np.mean(np.abs(M - d) <= np.sqrt((0.5 * (H - L)) ** 2 + sd ** 2)))
+    lo, hi = (float(b) for b in bounds)
+    if cover(lo) >= CALIBRATION_TARGET:
+        raise ValueError(f"the held-out counts are too noisy to calibrate: their noise alone covers {cover(lo):.2f} of the "
+                         f"{n} channels; hold out a range with more signal.")
+    if cover(hi) < CALIBRATION_TARGET: k = hi
+    else:
+        for _ in range(50):                      # coverage grows with the scale: bisection in ln(scale)
+            mid = math.sqrt(lo * hi)
+            if cover(mid) >= CALIBRATION_TARGET: hi = mid
+            else: lo = mid
+        k = hi
+    pull = np.abs(np.exp(md) - d) / np.maximum(0.5 * (np.exp(hi_) - np.exp(lo_)), 1e-300)
+    if k >= bounds[1]: warnings.warn(f"calibrate_spread: even {bounds[1]:g} x the spread covers only {cover(k):.2f} of the held-out channels.")
+    return SpreadCalibration(float(k), n, cover(1.0), cover(k), float(np.median(pull)),
+                             (float(w[:, 0].min()), float(w[:, 1].max())))
 
 # %% ../nbs/06_subtract.ipynb #326d881c
 def _scaled_conditions(ensemble, names, values:dict)->np.ndarray:
