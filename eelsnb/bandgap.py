@@ -246,9 +246,11 @@ class OnsetWindow:
             out[:, sl] = e[np.clip(n_below, i0[sl], i1[sl])]
         return out.reshape(lev.shape)
 
-def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span, first=None):
+def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span, first=None, corr=None):
     """Onset, first maximum and the normalised running maximum of the smoothed medians (P, n_E) within `search`;
-    `first` (P,): each pixel's search starts at its own channel of `energy` (e.g. one ZLP FWHM above 0 eV)."""
+    `first` (P,): each pixel's search starts at its own channel of `energy` (e.g. one ZLP FWHM above 0 eV);
+    `noise` is independent from channel to channel (averaged down by the smoothing), `corr` (P, n_E) or None a noise
+    shared by neighbouring channels (a ZLP's uncertainty: the smoothing does not average it down)."""
     dE = energy[1] - energy[0]
     S = (energy >= search[0]) & (energy <= search[1])
     if S.sum() < 3: raise ValueError(f"search: the range {search} eV holds fewer than 3 channels of the energy axis.")
@@ -256,6 +258,7 @@ def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_spa
     e = energy[S]
     ms = _moving_average(med, ns, first)[:, S]
     nz = np.maximum(_moving_average(noise, ns, first)[:, S] / np.sqrt(ns), 1e-300)  # noise of the smoothed median
+    if corr is not None: nz = np.maximum(np.sqrt(nz ** 2 + _moving_average(corr, ns, first)[:, S] ** 2), 1e-300)
     P, C = ms.shape
     j = np.arange(C)
     nr = max(1, int(round(run / dE)))
@@ -277,9 +280,9 @@ def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_spa
     r = np.where(j[None] > i1[:, None], np.inf, r)
     return e, found, i0, i1, r
 
-def _onset(e, med, noise, shape, level, margin, min_span, first=None, **kw):
+def _onset(e, med, noise, shape, level, margin, min_span, first=None, corr=None, **kw):
     "OnsetWindow for medians and noise (P, C) on the axis `e`; `min_span` scalar or (P,); `first` (P,) as `_rise_features`."
-    es, found, i0, i1, r = _rise_features(e, med, noise, first=first, **kw)
+    es, found, i0, i1, r = _rise_features(e, med, noise, first=first, corr=corr, **kw)
     e_min = es[0] if first is None else e[np.minimum(np.maximum(first, np.argmax(e >= es[0])), len(e) - 1)].reshape(shape)
     w = OnsetWindow(None, None, es[i0].reshape(shape), es[i1].reshape(shape), found.reshape(shape), level, margin,
                     np.broadcast_to(np.asarray(min_span, float), (len(i0),)).reshape(shape), _rise=(es, r, i0, i1),
@@ -781,6 +784,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  resolution=None, # the ZLP as resolution function: (n_E,), (..., n_E) or replicas (n_rep, ..., n_E); None: no blur
                  sigma=None, # noise per channel: None = replica spread; 'uniform'; or an array broadcastable to the data
                  counting_noise:bool=True, # with sigma=None: add the measured counts' Poisson variance where the replicas share the counts
+                 correlated_spread:bool=False, # the replica spread is a ZLP uncertainty shared by neighbouring channels (a calibrated ensemble, `eelsnb.subtract.calibrate_spread`): the onset detection does not average it down (False: treated as channel noise)
                  jitter:bool=None, # vary the window per replica (default: True for automatic, False for a given window)
                  level=(0.05, 0.8), # automatic e_hi: fraction of the first maximum, drawn log-uniformly per replica
                  margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica ...
@@ -840,6 +844,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     ec, xc, C = e[c0:c1], xr[:, :, c0:c1], c1 - c0
     first = None if start is None else np.minimum(np.searchsorted(ec, start), C - 1)   # each pixel's first searched channel
     med, noise = _replica_stats(xc, first=first)
+    spread, fixed = noise, None
     if sigma is None:
         weights = "replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)"
         if counting_noise:
@@ -867,7 +872,11 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         if mg[0] < 0 or mf[0] < 0: raise ValueError(f"margin, margin_fwhm: must be >= 0, got {margin!r}, {margin_fwhm!r}.")
         fw = fwhm if blur else np.zeros(P)   # no resolution: margin alone
         mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
-        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, **kw)
+        if correlated_spread and fixed is not None:   # where the replicas share the counts: counting noise white, spread shared
+            shared = fixed[:, :1] > 0
+            det, corr = np.where(shared, np.sqrt(fixed), spread), np.where(shared, spread, 0.0)
+        else: det, corr = noise, None
+        ow = _onset(ec, med, det, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, corr=corr, **kw)
         jit = True if jitter is None else bool(jitter)
         win = np.array(ow.replica_windows(R, lv, mg, seed, pixel_seeds) if jit else
                        np.broadcast_to(np.stack([ow.e_lo, ow.e_hi], -1), (R,) + pix + (2,)), float).reshape(R, P, 2)
