@@ -16,6 +16,7 @@ from .preprocess import align_zlp, find_dE1_dE2, zlp_window_counts, noise_level,
 from .replicas import training_set_from_spectra
 from .ensemble import ZLPEnsemble
 from .bandgap import BandGapFit, Summary, summarize, fit_band_gap
+from .subtract import calibrate_spread
 from .onset import fit_onset_excitons
 from .physics import t_over_lambda, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
@@ -345,7 +346,7 @@ class SpectraResults:
         if self.onset_model != "power": pooled.update({k: _q(self.pooled(k)) for k in ("band_gap_power", "exponent_power")})
         return dict(onset_model=dict(name=self.onset_model, description=ONSET_MODELS[self.onset_model]), samples=samples,
                     pooled=pooled,
-                    vacuum=self.vacuum_names or [], fwhm=self.fwhm,
+                    vacuum=self.vacuum_names or [], fwhm=self.fwhm, spread_calibration=self.settings.get("spread_calibration"),
                     ensemble=dict(n_replicas=int(ens.n_replicas), n_outliers=int(np.sum(ens.outliers)),
                                   inputs=list(ens.input_names),
                                   chi2_valid_median=float(np.nanmedian(ens.chi2["valid"]))),
@@ -388,7 +389,8 @@ class SpectraResults:
     def report(self)->str:
         "Text summary, one line per sample."
         lines = [f"SpectraResults: {self.n_samples} samples, {self.n_rep} replicas, ZLP FWHM {self.fwhm:.3f} eV"
-                 + ("" if self.onset_model == "power" else f"; band gap and b from the {self.onset_model} onset model (eelsnb.onset)")]
+                 + ("" if self.onset_model == "power" else f"; band gap and b from the {self.onset_model} onset model (eelsnb.onset)")
+                 + self._calibration_line()]
         for s in self.to_dict()["samples"]:
             g = lambda q, p=3: "n/a" if q["median"] is None else f"{q['median']:.{p}f} [{q['low']:.{p}f}, {q['high']:.{p}f}]"
             ex = ", ".join(f"{x['name']} {x['position']['median']:.2f}" for x in s["excitons"] if x["position"]["median"] is not None)
@@ -398,6 +400,11 @@ class SpectraResults:
                          f"dE1 {s['dE1']:.2f}, dE2 {s['dE2']:.2f}, failed {s['n_failed']}/{s['n_replicas']} (kept at an edge {s['n_at_edge']}); excitons {ex}{pl}")
         return "\n".join(lines)
     def __repr__(self): return self.report()
+    def _calibration_line(self)->str:
+        c = self.settings.get("spread_calibration")
+        if not c: return "; ZLP spread not calibrated"
+        return (f"; ZLP spread x {c['scale']:.2f} (calibrated on {c['n_points']} held-out vacuum channels, "
+                f"{c['window'][0]:.2f}-{c['window'][1]:.2f} eV: the raw 68% band covered {c['coverage_before']:.2f})")
 
     def figures(self, e_max:float=10.0, # upper energy of the spectrum plots (eV)
                )->dict: # name -> plotly Figure
@@ -529,6 +536,16 @@ def _window_arg(window, n, fwhm, dE1):
         raise ValueError(f"window: need 0 < e_lo < e_hi (eV), got {w.tolist()}.")
     return np.array(w), False, "given"
 
+def _calibration(ensemble, V, e, sig, vd1, vd2):
+    "The spread calibration of a freshly trained ensemble on its held-out vacuum counts (vd1..vd2); None, with a warning, where there are none."
+    skip = "spread calibration skipped, the 68% intervals keep the ensemble's raw spread (~3x too wide on the synthetic closure): "
+    if V is None:
+        warnings.warn(skip + "it needs vacuum spectra trained on (train_on='both')."); return None
+    use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
+    try: return calibrate_spread(use.predict_for(V, e), V, sig[:len(V)], e, (vd1, vd2))
+    except ValueError as err:
+        warnings.warn(skip + str(err)); return None
+
 def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy signal, or a `WS2Data` (vacuum taken from it)
                     vacuum=None, # vacuum reference spectra (m, n_E): array or signal; None: samples only
                     energy=None, # energy axis (eV) for arrays
@@ -544,7 +561,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     progress:bool=True, # show the training progress bar
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
-                    vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they reach 10x noise
+                    vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they reach 10x noise (the lowest sample dE1 with `calibrate`)
+                    calibrate:bool=False, # train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`; see "Calibrated intervals" below for when to use it)
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
@@ -584,6 +602,9 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
         use_v = V is not None and train_on == "both"
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (float(vacuum_dE1), max(float(vacuum_dE1) + 0.5, float(np.median(d2))))
+            if calibrate and vacuum_dE1 is None and float(d1.min()) < vd1:
+                settings["vacuum_dE1_noise"] = vd1   # where the vacuum sinks to 10x its noise
+                vd1 = float(d1.min())                # trained up to where the samples are; beyond, the vacuum is held out
             C, D1, D2 = np.concatenate([V, S]), np.r_[np.full(m, vd1), d1], np.r_[np.full(m, vd2), d2]
             settings.update(vacuum_dE1=vd1, vacuum_dE2=vd2)
         else: C, D1, D2 = S, d1, d2
@@ -597,19 +618,22 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
             record_training_axis(ensemble, e)
         except ImportError: pass
         sec["train"] = time.perf_counter() - t1
+        if calibrate: ensemble.spread_calibration = _calibration(ensemble, V if use_v else None, e, sig, vd1 if use_v else None, vd2 if use_v else None)
     else:
         if not getattr(ensemble, "is_fitted", False):
             raise ValueError("ensemble: expected a trained ZLPEnsemble (fit it or ZLPEnsemble.load a saved one), "
                              f"got {type(ensemble).__name__}{'' if not hasattr(ensemble, 'is_fitted') else ' (untrained)'}.")
         settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
+    cal = getattr(use, "spread_calibration", None)
+    settings["spread_calibration"] = None if cal is None else cal.to_dict()
     # 4. subtraction
     t1 = time.perf_counter()
     sub = _subtract(use, S, e)
     sec["subtract"] = time.perf_counter() - t1
     # 5. band gap per replica with the ZLP replicas as resolution
     t1 = time.perf_counter()
-    fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed)
+    fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed, correlated_spread=cal is not None)
     sec["band_gap"] = time.perf_counter() - t1
     power = fit
     if onset_model == "excitons":   # the same replicas, windows from 0.5 eV under the power law's starts (`below`); the excitons' own windows; up to 3 eV
