@@ -10,8 +10,12 @@ Then the method, step by step, as a user runs it:
 2. training window dE1/dE2 per sample (`find_dE1_dE2`, the vacuum mean as reference); the vacuum spectra are trained
    up to the lowest sample dE1, their pseudo-data start at the median sample dE2;
 3. one `ZLPEnsemble` trained on vacuum + samples (`training_set_from_spectra` + `fit`), outlier replicas dropped;
-4. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), inelastic = counts - ZLP;
-5. `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...)` with its defaults;
+4. the spread calibration (`eelsnb.subtract.calibrate_spread`, as `analyse_spectra` does): the ensemble's ZLP replicas of
+   the vacuum spectra against their own counts beyond the vacuum's training window (held out), giving the factor on the
+   replicas' spread (`--no-calibration`: none);
+5. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), scaled (`scale_spread`),
+   inelastic = counts - ZLP; `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...,
+   correlated_spread=calibrated)` with its defaults;
 6. the median and 68% interval (16-84%) of E_bg and b over replicas, against the truth.
 
 A sample without any valid replica fit counts as a failure: not covered, and its error counts as infinite in the
@@ -21,7 +25,7 @@ Prints one JSON line: n_spectra, median |error| of E_bg and b, coverage of the 6
 exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
-       [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR]
+       [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--no-calibration]
 
 --twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
 (key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
@@ -113,6 +117,7 @@ def analyse_group(group:dict, # from `make_group`
                   keep:bool=False, # also return the ZLP and inelastic replicas
                   cache:str|None=None, # .npz file of this group's ZLP replicas: loaded when it exists, else written after training
                   twins:bool=False, # also train a twin ensemble (other initial weights, the same data replicas): network-to-network spread
+                  calibrate:bool=True, # scale the ZLP spread by its calibration on the held-out vacuum counts
                  )->dict:
     """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
     With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
@@ -122,6 +127,8 @@ def analyse_group(group:dict, # from `make_group`
     from eelsnb.replicas import training_set_from_spectra
     from eelsnb.ensemble import ZLPEnsemble
     from eelsnb.bandgap import fit_band_gap
+    from eelsnb.replicas import sigma_poisson
+    from eelsnb.subtract import calibrate_spread, scale_spread
     t0 = time.perf_counter()
     e = group["energy"]
     vac, _ = align_zlp(group["vacuum"], e)
@@ -129,6 +136,8 @@ def analyse_group(group:dict, # from `make_group`
     if cache is not None and Path(cache).exists():
         c = np.load(cache)
         zlp, d1, d2, fallback = c["zlp"].astype(float), c["dE1"], c["dE2"], c["dE1_fallback"]
+        if "zlp_vacuum" not in c: raise ValueError(f"cache: {cache} has no vacuum ZLP replicas (written by an older closure.py); remove it.")
+        zv = c["zlp_vacuum"].astype(float)
         t_train, chi2_valid, n_out = float(c["train_s"]), float(c["chi2_valid"]), int(c["outliers"])
         if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
     else:
@@ -144,15 +153,22 @@ def analyse_group(group:dict, # from `make_group`
         n_out = int(np.sum(ens.outliers))
         if drop_outliers and n_out: ens = ens.drop_outliers()
         zlp = ens.predict_for(smp, e)                               # (n_rep, n_samples, n_E)
+        zv = ens.predict_for(vac, e)                                # the vacuum's, held out beyond min(dE1)
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(cache, zlp=zlp.astype(np.float32), dE1=d1, dE2=d2, dE1_fallback=fallback, train_s=t_train,
-                                chi2_valid=chi2_valid, outliers=n_out)
+            np.savez_compressed(cache, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, dE2=d2,
+                                dE1_fallback=fallback, train_s=t_train, chi2_valid=chi2_valid, outliers=n_out)
+    zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
+    # the spread calibration from the held-out vacuum counts, and (a diagnostic only the truth allows) the factor the
+    # samples' own true ZLPs between dE1 and dE2 would have asked for
+    cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
+    try: oracle = calibrate_spread(zlp, zt, np.full_like(zt, 1e-6), e, np.stack([d1, d2], -1)).scale
+    except ValueError: oracle = np.nan
+    if calibrate: zlp = scale_spread(zlp, cal.scale)
     inel = smp[None] - zlp
-    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **(fit_kw or {}))
+    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"correlated_spread": calibrate, **(fit_kw or {})})
     sg, sb = fit.summary("band_gap"), fit.summary("exponent")
     # diagnostics: the ZLP replicas against the true (aligned) ZLP at dE1 and at the gap, in units of their spread
-    zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
     zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
     n = np.arange(len(d1))
     ix = lambda E: np.clip(np.searchsorted(e, E), 0, len(e) - 1)
@@ -166,7 +182,9 @@ def analyse_group(group:dict, # from `make_group`
                zlp_pull_dE1=pull(i1), zlp_pull_gap=pull(ig), zlp_spread_gap=0.5 * (zhi - zlo)[n, ig] / zt[n, ig],
                inelastic_over_zlp_spread_gap_plus_0p3=it[n, ig3] / np.maximum(0.5 * (zhi - zlo)[n, ig3], 1e-12),
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
-               chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0)
+               chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
+               spread_scale=cal.scale, spread_scale_applied=cal.scale if calibrate else 1.0, spread_scale_oracle=oracle,
+               vacuum_coverage_before=cal.coverage_before)
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
     return out
@@ -217,6 +235,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 progress:bool=False, # print one line per group to stderr
                 twins:bool=False, # also train twin ensembles per group (see `_twins`)
                 cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
+                calibrate:bool=True, # scale each group's ZLP spread by its held-out vacuum calibration
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -228,11 +247,12 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw, cache=cache, twins=twins)
+                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate)
         recs.append(r)
         if progress:
             f = figures([r])
             print(f"group seed {s}: {r['seconds']:.1f} s (training {r['train_s']:.1f} s), chi2/N valid {r['chi2_valid']:.3g}, "
+                  f"spread x {r['spread_scale']:.3f} (oracle {r['spread_scale_oracle']:.3f}{'' if calibrate else ', not applied'}), "
                   f"median |err| {f['band_gap']['median_abs_error']} eV, coverage {f['band_gap']['coverage']:.2f}, "
                   f"{f['failures']['spectra_without_valid_fit']} without a valid fit",
                   file=sys.stderr, flush=True)
@@ -243,7 +263,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
     fig["settings"] = dict(seeds=list(seeds), n_samples=n_samples, n_replicas=n_replicas, max_epochs=max_epochs,
                            preset=preset, excitons=excitons, total_counts=total_counts or PRESETS[preset]["total_counts"],
                            fwhm=PRESETS[preset]["fwhm"], zlp_broadening=zlp_broadening, read_noise=read_noise,
-                           dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {})
+                           dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {}, calibrate=calibrate)
     fig["run_time_s"] = round(time.perf_counter() - t0, 1)
     fig["train_s"] = round(float(sum(r["train_s"] for r in recs)), 1)
     return dict(records=rec, figures=fig)
@@ -288,6 +308,10 @@ def figures(recs)->dict:
                          outliers_dropped=[int(r["outliers"]) for r in recs if "outliers" in r],
                          dE1_minus_gap_median=round(float(np.median(cat("dE1") - g)), 4),
                          dE1_above_gap=int(np.sum(cat("dE1") > g)), dE1_fallback=int(np.sum(cat("dE1_fallback"))))
+    if "spread_scale" in recs[0]:   # one calibration per group (the records repeat it per sample)
+        per = lambda k: [round(float(np.atleast_1d(r[k]).ravel()[0]), 3) for r in recs]
+        f["calibration"] = dict(scale=per("spread_scale"), applied=per("spread_scale_applied"), oracle=per("spread_scale_oracle"),
+                                vacuum_coverage_before=per("vacuum_coverage_before"))
     if "twin_h" in recs[0]:   # twin ensembles: how much of the spread is the networks' own, and the interval without it
         tm, th, ts_, tf = cat("twin_median"), cat("twin_h"), cat("twin_srep"), cat("twin_sf")
         ok = np.isfinite(th)
@@ -326,6 +350,7 @@ def main(argv=None)->dict:
                     "weights) and report how much of the band-gap spread is the networks' own scatter")
     ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
                     "(re-fit the band gap without training again)")
+    ap.add_argument("--no-calibration", action="store_true", help="keep the ensemble's raw spread (no held-out vacuum calibration)")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
@@ -334,7 +359,7 @@ def main(argv=None)->dict:
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
-                      cache_dir=a.cache, twins=a.twins)
+                      cache_dir=a.cache, twins=a.twins, calibrate=not a.no_calibration)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())

@@ -3,16 +3,16 @@
 21 synthetic sample spectra (3 groups = seeds, 7 samples each: band gaps stratified in 1.0-2.5 eV, exponents 0.5 and
 1.5, t/lambda 0.3-1.0, thickness-broadened ZLP, read noise) + 2 vacuum spectra per group: align, dE1/dE2 with the
 vacuum as reference, one ZLPEnsemble per group (50 replicas x 600 steps here, 100 x 1000 in `benchmarks/closure.py`),
-ZLP replicas via `predict_for`, inelastic = counts - ZLP, `fit_band_gap(..., resolution=ZLP replicas)` with its
-defaults (automatic onset window from 1-2 ZLP FWHM below the detected onset, edge fits kept). The code lives in
+the spread calibration on the vacuum counts held out beyond the lowest sample dE1 (`eelsnb.subtract.calibrate_spread`,
+as `analyse_spectra` does), ZLP replicas via `predict_for` scaled by it, inelastic = counts - ZLP,
+`fit_band_gap(..., resolution=ZLP replicas, correlated_spread=True)` with its defaults. The code lives in
 `benchmarks/closure.py` (`run_closure`).
 
 The preset is the monochromated one (`specimen3`: 0.08 eV ZLP, 5 meV channels), the instrument one uses for gaps near
 1 eV. At the non-monochromated 0.45 eV (`specimen4`) the ZLP ensemble's uncertainty at the gap (~12% of the ZLP,
-~1.4x the inelastic signal 0.3 eV above a b = 1.5 gap) makes 68% intervals 0.5-1 eV wide: there the intervals
-cover the truth (0.75 at this size, 0.92 at 100 x 1000) but a median |error| < 0.05 eV is out of reach (0.11-0.22 eV,
-0.28-0.43 eV for b = 1.5); those figures come from
-`python benchmarks/closure.py --preset specimen4` and are reported in 07_bandgap, not asserted here.
+~1.4x the inelastic signal 0.3 eV above a b = 1.5 gap) puts indirect gaps 0.3-0.5 eV too high, and a median
+|error| < 0.05 eV is out of reach; those figures come from `python benchmarks/closure.py --preset specimen4` and are
+reported in 07_bandgap, not asserted here.
 """
 import json, sys, time
 from pathlib import Path
@@ -27,17 +27,6 @@ from closure import run_closure  # noqa: E402
 SEEDS = (1, 2, 3)
 N_SAMPLES = 7     # 21 spectra; 3 trainings of 50 replicas x 600 steps (~100 s of one core)
 PRESET = "specimen3"
-
-COVERAGE_ABOVE = (
-    "Over-coverage: on the monochromated preset the 68% intervals are conservative (coverage ~0.9-1.0, median |error| "
-    "~0.015 eV against median widths of ~0.04 eV for b = 0.5 and ~0.4 eV for b = 1.5). The replica spread of the ZLP "
-    "ensemble at the gap is 3-4x its actual error (median |(median ZLP - true ZLP) / half 68% spread| ~0.16-0.25 where "
-    "a calibrated ensemble gives 0.67; 0.16-0.22 at 100 x 1000, where coverage is 1.00 over 36 spectra); the band-gap interval inherits it. With calibrated ZLP replicas "
-    "(`emulate_replicas`, 07_bandgap) the same fit covers 58-73%. A calibration of the ensemble's spread belongs to "
-    "eelsnb.ensemble / eelsnb.subtract. Twin ensembles (the same data replicas, other initial weights: `python "
-    "benchmarks/closure.py --twins`) spread as much as the replicas do (s_f / s_rep 0.98 at this size): the spread is the "
-    "networks' own scatter. Were it to average out in the median, the intervals would cover 42% (b = 0.5) and 56% "
-    "(b = 1.5), too few: the truth lies between, and a principled calibration is still open.")
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +68,22 @@ def test_closure_median_error_below_50meV(closure):
         assert fb["band_gap"]["median_abs_error"] is not None and fb["band_gap"]["median_abs_error"] < 0.1, (b, fb)
 
 
-def test_closure_intervals_cover_at_least_55pct(closure):
-    "The 68% intervals are not too narrow: they cover the truth in at least 55% of the spectra, per exponent too."
+def test_closure_intervals_cover_55_to_80pct(closure):
+    """The 68% intervals cover the truth in 55-80% of the spectra. Per exponent (9-12 spectra each) at least 45%: with
+    12 (9) spectra and a true coverage of 68%, fewer than 45% covered happens 5% (12%) of the time."""
     f = closure["figures"]
-    assert f["band_gap"]["coverage"] >= 0.55, f["band_gap"]
-    for b, fb in f["by_exponent"].items(): assert fb["band_gap"]["coverage"] >= 0.55, (b, fb)
+    assert 0.55 <= f["band_gap"]["coverage"] <= 0.80, f["band_gap"]
+    for b, fb in f["by_exponent"].items(): assert fb["band_gap"]["coverage"] >= 0.45, (b, fb)
 
 
-@pytest.mark.xfail(strict=True, reason=COVERAGE_ABOVE)
-def test_closure_intervals_cover_at_most_80pct(closure):
-    f = closure["figures"]["band_gap"]
-    assert f["coverage"] <= 0.80, f
+def test_spread_calibration_matches_the_truth(closure):
+    """The factor found on the held-out vacuum counts is the one the samples' own true ZLPs (between dE1 and dE2,
+    known only here) ask for, within a factor 1.5 per group; the raw spread is too wide (factor < 1) and the scaled ZLP
+    band is calibrated where it matters: median |median ZLP - true ZLP| / half 68% spread at the gap 0.4-1.0 (0.67 for
+    a Gaussian; 0.16-0.25 unscaled)."""
+    c = closure["figures"]["calibration"]
+    print(json.dumps(c))
+    for k, o in zip(c["scale"], c["oracle"]):
+        assert 0 < k < 1 and 1 / 1.5 < k / o < 1.5, c
+    assert c["applied"] == c["scale"]
+    assert 0.4 <= closure["figures"]["ensemble"]["zlp_abs_pull_gap_median"] <= 1.0, closure["figures"]["ensemble"]
