@@ -538,7 +538,7 @@ def _window_arg(window, n, fwhm, dE1):
 
 def _calibration(ensemble, V, e, sig, vd1, vd2):
     "The spread calibration of a freshly trained ensemble on its held-out vacuum counts (vd1..vd2); None, with a warning, where there are none."
-    skip = "spread calibration skipped, the 68% intervals keep the ensemble's raw spread (~3x too wide on the synthetic closure): "
+    skip = "spread calibration skipped, the 68% intervals keep the ensemble's raw spread: "
     if V is None:
         warnings.warn(skip + "it needs vacuum spectra trained on (train_on='both')."); return None
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
@@ -557,7 +557,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     dE2=None, # override dE2 (eV): scalar or one per sample; None: from the data
                     window=None, # band-gap window: None / 'onset' (automatic, see `fit_band_gap`), 'dE1' (dE1 - FWHM .. dE1 + 3 FWHM), (lo, hi) or (n, 2)
                     exponent=None, # None: free exponent b; or a fixed b (0.5 direct, 1.5 indirect)
-                    ensemble=None, # a trained ZLPEnsemble to use instead of training one
+                    ensemble=None, # a trained ZLPEnsemble to use instead of training one (its stored spread calibration, if any, applies)
                     progress:bool=True, # show the training progress bar
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only

@@ -462,6 +462,8 @@ def run_spectra(args, log:Progress|None=None)->Path:
     if args.window is not None and not args.window[0] < args.window[1]:
         raise ValueError(f"--window: ELO ({args.window[0]:g}) must be below EHI ({args.window[1]:g}) (eV).")
     onset_model = getattr(args, "onset_model", "power")
+    if getattr(args, "calibrate", False) and not args.vacuum:
+        raise ValueError("--calibrate: the calibration holds out part of the vacuum spectra; give them with --vacuum.")
     if onset_model == "excitons" and args.exponent is not None:
         raise ValueError("--exponent: a fixed exponent applies to the power law only; use --onset-model power with it.")
     from eelsnb.analysis import analyse_spectra

@@ -255,6 +255,9 @@ def test_calibrate_scales_the_spread_on_held_out_vacuum(capsys, tmp_path):
     assert abs(d["settings"]["vacuum_dE1"] - d["samples"][0]["dE1"]) < 1e-9 and c["window"][0] == d["settings"]["vacuum_dE1"]
     card = json.loads((tmp_path / "o" / "model" / "model.json").read_text())
     assert card["spread_calibration"]["scale"] == c["scale"]
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--calibrate", "--out", tmp_path / "p"])
+    assert_one_line_error(rc, err, "--calibrate", "--vacuum")
+    assert not (tmp_path / "p").exists()
 
 
 def test_hspy_input_ignores_energy_range(capsys, tmp_path):
