@@ -10,12 +10,12 @@ Then the method, step by step, as a user runs it:
 2. training window dE1/dE2 per sample (`find_dE1_dE2`, the vacuum mean as reference); the vacuum spectra are trained
    up to the lowest sample dE1, their pseudo-data start at the median sample dE2;
 3. one `ZLPEnsemble` trained on vacuum + samples (`training_set_from_spectra` + `fit`), outlier replicas dropped;
-4. the spread calibration (`eelsnb.subtract.calibrate_spread`, as `analyse_spectra` does): the ensemble's ZLP replicas of
-   the vacuum spectra against their own counts beyond the vacuum's training window (held out), giving the factor on the
-   replicas' spread (`--no-calibration`: none);
-5. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), scaled (`scale_spread`),
-   inelastic = counts - ZLP; `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...,
-   correlated_spread=calibrated)` with its defaults;
+4. the spread calibration (`eelsnb.subtract.calibrate_spread`, as `analyse_spectra(calibrate=True)` does): the
+   ensemble's ZLP replicas of the vacuum spectra against their own counts beyond the vacuum's training window (held
+   out) give a factor on the replicas' spread, reported beside the factor the samples' true ZLPs ask for; applied only
+   with `--calibrate` (which also fits with `correlated_spread=True`);
+5. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), inelastic = counts - ZLP;
+   `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...)` with its defaults;
 6. the median and 68% interval (16-84%) of E_bg and b over replicas, against the truth.
 
 A sample without any valid replica fit counts as a failure: not covered, and its error counts as infinite in the
@@ -25,7 +25,7 @@ Prints one JSON line: n_spectra, median |error| of E_bg and b, coverage of the 6
 exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
-       [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--no-calibration]
+       [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--calibrate]
 
 --twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
 (key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
@@ -117,7 +117,7 @@ def analyse_group(group:dict, # from `make_group`
                   keep:bool=False, # also return the ZLP and inelastic replicas
                   cache:str|None=None, # .npz file of this group's ZLP replicas: loaded when it exists, else written after training
                   twins:bool=False, # also train a twin ensemble (other initial weights, the same data replicas): network-to-network spread
-                  calibrate:bool=True, # scale the ZLP spread by its calibration on the held-out vacuum counts
+                  calibrate:bool=False, # scale the ZLP spread by its calibration on the held-out vacuum counts
                  )->dict:
     """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
     With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
@@ -235,7 +235,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 progress:bool=False, # print one line per group to stderr
                 twins:bool=False, # also train twin ensembles per group (see `_twins`)
                 cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
-                calibrate:bool=True, # scale each group's ZLP spread by its held-out vacuum calibration
+                calibrate:bool=False, # scale each group's ZLP spread by its held-out vacuum calibration
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -350,7 +350,8 @@ def main(argv=None)->dict:
                     "weights) and report how much of the band-gap spread is the networks' own scatter")
     ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
                     "(re-fit the band gap without training again)")
-    ap.add_argument("--no-calibration", action="store_true", help="keep the ensemble's raw spread (no held-out vacuum calibration)")
+    ap.add_argument("--calibrate", action="store_true", help="scale the ZLP spread by its held-out vacuum calibration "
+                    "(eelsnb.subtract.calibrate_spread) and fit with correlated_spread=True")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
@@ -359,7 +360,7 @@ def main(argv=None)->dict:
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
-                      cache_dir=a.cache, twins=a.twins, calibrate=not a.no_calibration)
+                      cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())

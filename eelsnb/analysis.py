@@ -562,7 +562,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
                     vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they reach 10x noise (the lowest sample dE1 with `calibrate`)
-                    calibrate:bool=False, # train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`; see "Calibrated intervals" below for when to use it)
+                    calibrate:bool=False, # experimental: train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`); calibrates the ZLP band, not the band-gap intervals (see "Calibrated intervals")
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip

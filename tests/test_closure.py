@@ -3,10 +3,10 @@
 21 synthetic sample spectra (3 groups = seeds, 7 samples each: band gaps stratified in 1.0-2.5 eV, exponents 0.5 and
 1.5, t/lambda 0.3-1.0, thickness-broadened ZLP, read noise) + 2 vacuum spectra per group: align, dE1/dE2 with the
 vacuum as reference, one ZLPEnsemble per group (50 replicas x 600 steps here, 100 x 1000 in `benchmarks/closure.py`),
-the spread calibration on the vacuum counts held out beyond the lowest sample dE1 (`eelsnb.subtract.calibrate_spread`,
-as `analyse_spectra` does), ZLP replicas via `predict_for` scaled by it, inelastic = counts - ZLP,
-`fit_band_gap(..., resolution=ZLP replicas, correlated_spread=True)` with its defaults. The code lives in
-`benchmarks/closure.py` (`run_closure`).
+ZLP replicas via `predict_for`, inelastic = counts - ZLP, `fit_band_gap(..., resolution=ZLP replicas)` with its
+defaults (automatic onset window from the detected onset, edge fits kept). The code lives in `benchmarks/closure.py`
+(`run_closure`), which also measures the spread calibration on the vacuum counts held out beyond the lowest sample
+dE1 (`eelsnb.subtract.calibrate_spread`) without applying it.
 
 The preset is the monochromated one (`specimen3`: 0.08 eV ZLP, 5 meV channels), the instrument one uses for gaps near
 1 eV. At the non-monochromated 0.45 eV (`specimen4`) the ZLP ensemble's uncertainty at the gap (~12% of the ZLP,
@@ -28,6 +28,17 @@ SEEDS = (1, 2, 3)
 N_SAMPLES = 7     # 21 spectra; 3 trainings of 50 replicas x 600 steps (~100 s of one core)
 PRESET = "specimen3"
 
+COVERAGE_ABOVE = (
+    "Over-coverage: on the monochromated preset the 68% intervals are conservative (coverage 1.00 at this size and over "
+    "36 spectra at 100 x 1000; median |error| ~0.012-0.014 eV against median widths of ~0.09-0.18 eV). The ZLP "
+    "replicas' spread is 2-10x their median's error (the factor `calibrate_spread` finds on the held-out vacuum counts: "
+    "0.26-0.39 here, 0.11-0.48 at 100 x 1000). Scaling the ZLP spread by it calibrates the ZLP band but not the band-gap "
+    "intervals: at 100 x 1000 they then cover 0.33 (0.42 with the factor the true ZLPs ask for), and the median |error| "
+    "rises to 0.018-0.03 eV, because the band gap's error holds more than the ZLP band (the fit's weights and window "
+    "move with the spread; b = 1.5 gaps keep a 0.05-0.09 eV error the band does not carry). At this size the calibrated "
+    "run happens to cover 0.67. Open: a calibration at the level of the band gap itself (09_analysis, 'Calibrated "
+    "intervals').")
+
 
 @pytest.fixture(scope="module")
 def closure():
@@ -36,7 +47,7 @@ def closure():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = run_closure(seeds=SEEDS, n_samples=N_SAMPLES, n_replicas=50, max_epochs=600, preset=PRESET,
-                          excitons="none")
+                          excitons="none", calibrate=False)
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -68,22 +79,26 @@ def test_closure_median_error_below_50meV(closure):
         assert fb["band_gap"]["median_abs_error"] is not None and fb["band_gap"]["median_abs_error"] < 0.1, (b, fb)
 
 
-def test_closure_intervals_cover_55_to_80pct(closure):
-    """The 68% intervals cover the truth in 55-80% of the spectra. Per exponent (9-12 spectra each) at least 45%: with
-    12 (9) spectra and a true coverage of 68%, fewer than 45% covered happens 5% (12%) of the time."""
+def test_closure_intervals_cover_at_least_55pct(closure):
+    "The 68% intervals are not too narrow: they cover the truth in at least 55% of the spectra, per exponent too."
     f = closure["figures"]
-    assert 0.55 <= f["band_gap"]["coverage"] <= 0.80, f["band_gap"]
-    for b, fb in f["by_exponent"].items(): assert fb["band_gap"]["coverage"] >= 0.45, (b, fb)
+    assert f["band_gap"]["coverage"] >= 0.55, f["band_gap"]
+    for b, fb in f["by_exponent"].items(): assert fb["band_gap"]["coverage"] >= 0.55, (b, fb)
 
 
-def test_spread_calibration_matches_the_truth(closure):
-    """The factor found on the held-out vacuum counts is the one the samples' own true ZLPs (between dE1 and dE2,
-    known only here) ask for, within a factor 1.5 per group; the raw spread is too wide (factor < 1) and the scaled ZLP
-    band is calibrated where it matters: median |median ZLP - true ZLP| / half 68% spread at the gap 0.4-1.0 (0.67 for
-    a Gaussian; 0.16-0.25 unscaled)."""
-    c = closure["figures"]["calibration"]
-    print(json.dumps(c))
-    for k, o in zip(c["scale"], c["oracle"]):
-        assert 0 < k < 1 and 1 / 1.5 < k / o < 1.5, c
-    assert c["applied"] == c["scale"]
-    assert 0.4 <= closure["figures"]["ensemble"]["zlp_abs_pull_gap_median"] <= 1.0, closure["figures"]["ensemble"]
+@pytest.mark.xfail(strict=True, reason=COVERAGE_ABOVE)
+def test_closure_intervals_cover_at_most_80pct(closure):
+    f = closure["figures"]["band_gap"]
+    assert f["coverage"] <= 0.80, f
+
+
+def test_zlp_spread_is_wider_than_its_error(closure):
+    """Why the intervals over-cover, measured on data the ensemble did not see: the factor that makes the ZLP band cover
+    the held-out vacuum counts 68% of the time is below 1 in every group, and so is the factor the samples' own true
+    ZLPs between dE1 and dE2 ask for (known only here); |median ZLP - true ZLP| at the gap is well under the 0.67 half
+    spreads of a calibrated band."""
+    c, ens = closure["figures"]["calibration"], closure["figures"]["ensemble"]
+    print(json.dumps(c), ens["zlp_abs_pull_gap_median"])
+    assert c["applied"] == [1.0] * len(SEEDS)                  # measured, not applied
+    assert all(0 < k < 0.8 for k in c["scale"]) and all(0 < k < 0.8 for k in c["oracle"]), c
+    assert ens["zlp_abs_pull_gap_median"] < 0.4, ens
