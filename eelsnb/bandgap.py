@@ -246,11 +246,9 @@ class OnsetWindow:
             out[:, sl] = e[np.clip(n_below, i0[sl], i1[sl])]
         return out.reshape(lev.shape)
 
-def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span, first=None, corr=None):
+def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_span, first=None):
     """Onset, first maximum and the normalised running maximum of the smoothed medians (P, n_E) within `search`;
-    `first` (P,): each pixel's search starts at its own channel of `energy` (e.g. one ZLP FWHM above 0 eV);
-    `noise` is independent from channel to channel (averaged down by the smoothing), `corr` (P, n_E) or None a noise
-    shared by neighbouring channels (a ZLP's uncertainty: the smoothing does not average it down)."""
+    `first` (P,): each pixel's search starts at its own channel of `energy` (e.g. one ZLP FWHM above 0 eV)."""
     dE = energy[1] - energy[0]
     S = (energy >= search[0]) & (energy <= search[1])
     if S.sum() < 3: raise ValueError(f"search: the range {search} eV holds fewer than 3 channels of the energy axis.")
@@ -258,7 +256,6 @@ def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_spa
     e = energy[S]
     ms = _moving_average(med, ns, first)[:, S]
     nz = np.maximum(_moving_average(noise, ns, first)[:, S] / np.sqrt(ns), 1e-300)  # noise of the smoothed median
-    if corr is not None: nz = np.maximum(np.sqrt(nz ** 2 + _moving_average(corr, ns, first)[:, S] ** 2), 1e-300)
     P, C = ms.shape
     j = np.arange(C)
     nr = max(1, int(round(run / dE)))
@@ -280,9 +277,9 @@ def _rise_features(energy, med, noise, search, z_min, run, smooth, drop, max_spa
     r = np.where(j[None] > i1[:, None], np.inf, r)
     return e, found, i0, i1, r
 
-def _onset(e, med, noise, shape, level, margin, min_span, first=None, corr=None, **kw):
+def _onset(e, med, noise, shape, level, margin, min_span, first=None, **kw):
     "OnsetWindow for medians and noise (P, C) on the axis `e`; `min_span` scalar or (P,); `first` (P,) as `_rise_features`."
-    es, found, i0, i1, r = _rise_features(e, med, noise, first=first, corr=corr, **kw)
+    es, found, i0, i1, r = _rise_features(e, med, noise, first=first, **kw)
     e_min = es[0] if first is None else e[np.minimum(np.maximum(first, np.argmax(e >= es[0])), len(e) - 1)].reshape(shape)
     w = OnsetWindow(None, None, es[i0].reshape(shape), es[i1].reshape(shape), found.reshape(shape), level, margin,
                     np.broadcast_to(np.asarray(min_span, float), (len(i0),)).reshape(shape), _rise=(es, r, i0, i1),
@@ -784,7 +781,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
                  resolution=None, # the ZLP as resolution function: (n_E,), (..., n_E) or replicas (n_rep, ..., n_E); None: no blur
                  sigma=None, # noise per channel: None = replica spread; 'uniform'; or an array broadcastable to the data
                  counting_noise:bool=True, # with sigma=None: add the measured counts' Poisson variance where the replicas share the counts
-                 correlated_spread:bool=False, # the replica spread is a ZLP uncertainty shared by neighbouring channels (a calibrated ensemble, `eelsnb.subtract.calibrate_spread`): the onset detection does not average it down (False: treated as channel noise)
+                 spread_scale:float=1.0, # the ZLP replicas' spread was scaled by this (a calibration, `eelsnb.subtract.scale_spread`): weights and onset search use the replica spread divided by it, so the fit stays that of the unscaled replicas and only their scatter changes
                  jitter:bool=None, # vary the window per replica (default: True for automatic, False for a given window)
                  level=(0.05, 0.8), # automatic e_hi: fraction of the first maximum, drawn log-uniformly per replica
                  margin=(0.15, 0.45), # automatic e_lo: eV below the onset, drawn uniformly per replica ...
@@ -820,6 +817,8 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if int(min_points) != min_points or min_points < 2: raise ValueError(f"min_points: need an integer >= 2, got {min_points!r}.")
     if not grid_step > 0 or n_b < 3 or polish < 0: raise ValueError("grid_step must be > 0, n_b >= 3 and polish >= 0.")
     if edges not in ("keep", "fail"): raise ValueError(f"edges: expected 'keep' or 'fail', got {edges!r}.")
+    if isinstance(spread_scale, bool) or not np.isscalar(spread_scale) or not np.isfinite(spread_scale) or spread_scale <= 0:
+        raise ValueError(f"spread_scale: expected a finite number > 0 (1: unscaled replicas), got {spread_scale!r}.")
     bad = set(onset_kw) - set(_ONSET_KW)
     if bad: raise TypeError(f"fit_band_gap: unexpected keyword arguments {sorted(bad)}; detection settings are {sorted(_ONSET_KW)}.")
     kw = {**_ONSET_KW, **onset_kw}
@@ -844,7 +843,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     ec, xc, C = e[c0:c1], xr[:, :, c0:c1], c1 - c0
     first = None if start is None else np.minimum(np.searchsorted(ec, start), C - 1)   # each pixel's first searched channel
     med, noise = _replica_stats(xc, first=first)
-    spread, fixed = noise, None
+    if spread_scale != 1.0: noise = noise / spread_scale   # the unscaled replicas' spread
     if sigma is None:
         weights = "replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)"
         if counting_noise:
@@ -872,11 +871,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
         if mg[0] < 0 or mf[0] < 0: raise ValueError(f"margin, margin_fwhm: must be >= 0, got {margin!r}, {margin_fwhm!r}.")
         fw = fwhm if blur else np.zeros(P)   # no resolution: margin alone
         mg = ((mg[0] + mf[0] * fw).reshape(pix), (mg[1] + mf[1] * fw).reshape(pix))   # per-pixel range (eV)
-        if correlated_spread and fixed is not None:   # where the replicas share the counts: counting noise white, spread shared
-            shared = fixed[:, :1] > 0
-            det, corr = np.where(shared, np.sqrt(fixed), spread), np.where(shared, spread, 0.0)
-        else: det, corr = noise, None
-        ow = _onset(ec, med, det, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, corr=corr, **kw)
+        ow = _onset(ec, med, noise, pix, float(np.sqrt(lv[0] * lv[1])), 0.5 * (mg[0] + mg[1]), span, first=first, **kw)
         jit = True if jitter is None else bool(jitter)
         win = np.array(ow.replica_windows(R, lv, mg, seed, pixel_seeds) if jit else
                        np.broadcast_to(np.stack([ow.e_lo, ow.e_hi], -1), (R,) + pix + (2,)), float).reshape(R, P, 2)

@@ -289,6 +289,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
                        n_b:int=41, # grid points of the exponent (geometric)
                        grid_step:float=0.02, # grid step of the gap (eV) before the quadratic refinement
                        sigma=None, # noise per channel: None = replica spread; or an array broadcastable to the data
+                       spread_scale:float=1.0, # the ZLP replicas' spread was scaled by this (`eelsnb.subtract.scale_spread`): the weights use the spread divided by it, as `fit_band_gap`
                        min_points:int=4, # channels with positive signal needed above the gap
                        min_significance:float=5.0, # the model must lower chi^2 by at least this squared
                        kernel_range:float=3.0, # half width (eV) of the resolution kernel cut from the ZLP
@@ -322,7 +323,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
         except (TypeError, ValueError): raise ValueError(f"e_hi: expected a number or one per spectrum {pix}, got {e_hi!r}.") from None
         if not np.all(np.isfinite(hi)) or np.any(hi > e[-1]) or np.any(hi <= 0):
             raise ValueError(f"e_hi: {e_hi!r} eV must lie inside the energy axis (0..{e[-1]:.3f} eV).")
-        if windows is None: power = fit_band_gap(x, e, resolution=resolution, seed=seed, kernel_range=kernel_range, **band_gap_kw)
+        if windows is None: power = fit_band_gap(x, e, resolution=resolution, seed=seed, kernel_range=kernel_range, spread_scale=spread_scale, **band_gap_kw)
         else:
             if band_gap_kw: raise TypeError(f"fit_onset_excitons: {sorted(band_gap_kw)} are `fit_band_gap` options; they apply only with windows=None.")
             power = windows
@@ -344,7 +345,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
                              f"the energy axis (..{e[-1]:.3f} eV).")
     # noise
     if sigma is None:
-        noise, weights = _noise(xr), ("replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)")
+        noise, weights = _noise(xr) / spread_scale, ("replica spread (16-84%)" if R >= 5 else "sqrt(|median|) (fewer than 5 replicas)")
         fixed = _fixed_counts(xr, resolution, pix, 0, n_E)   # as fit_band_gap: the shared counts' Poisson noise
         if fixed is not None:
             noise = np.sqrt(noise ** 2 + fixed); weights += " + counting noise of the measured counts"

@@ -222,7 +222,7 @@ def subtract(ensemble, # a trained ZLPEnsemble
 # %% ../nbs/06_subtract.ipynb #94f83800
 class SpreadCalibration(NamedTuple):
     "The factor on the ensemble's spread that makes its 68% band cover held-out data 68% of the time."
-    scale: float            # factor on each replica's ln-space deviation from the replicas' mean (< 1: the band was too wide)
+    scale: float            # factor on each replica's ln-space deviation from the replicas' median (< 1: the band was too wide)
     n_points: int           # held-out channels used
     coverage_before: float  # fraction of them the unscaled band (widened by the counts' noise) covered
     coverage_after: float   # ... and the scaled band
@@ -253,9 +253,9 @@ def _check_scale(scale)->float:
     return float(scale)
 
 def scale_spread(zlp, # ZLP replicas (n_rep, ..., n_E), counts > 0
-                 scale:float, # factor on each replica's deviation from the replicas' mean of ln I (1: unchanged)
+                 scale:float, # factor on each replica's deviation from the replicas' median of ln I (1: unchanged)
                 )->np.ndarray: # the scaled replicas, same shape and dtype
-    "ZLP replicas whose ln-space deviation from the replicas' mean is multiplied by `scale` (a calibrated spread)."
+    "ZLP replicas whose ln-space deviation from the replicas' median is multiplied by `scale`: the median stays, the band narrows or widens."
     scale = _check_scale(scale)
     z = np.asarray(zlp)
     if z.ndim < 2 or z.shape[0] < 2: raise ValueError(f"zlp: expected replicas first, (n_rep >= 2, ..., n_E), got shape {z.shape}.")
@@ -264,7 +264,7 @@ def scale_spread(zlp, # ZLP replicas (n_rep, ..., n_E), counts > 0
     if np.any(z < 0): raise ValueError("zlp: negative values; the spread is scaled in ln I, which needs ZLP counts >= 0.")
     dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.float64
     lz = np.log(np.maximum(z, np.finfo(dt).tiny).astype(np.float64))
-    m = lz.mean(0)
+    m = np.median(lz, 0)
     return np.exp(m + scale * (lz - m)).astype(dt)
 
 def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at their own conditions (e.g. `predict_for(vacuum)`)
@@ -294,7 +294,7 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
         raise ValueError(f"window: expected (e_lo, e_hi) with e_lo < e_hi, or one per spectrum ({c.shape[0]}, 2); got {window!r}.")
     lz = np.log(z)
     lq = np.percentile(lz, [16, 50, 84], axis=0)
-    m = lz.mean(0)
+    m = np.median(lz, 0)                          # what `scale_spread` keeps
     inside = (e[None] >= w[:, :1]) & (e[None] < w[:, 1:])
     use = inside & (np.exp(lq[1]) > snr * s)
     n = int(use.sum())
