@@ -562,7 +562,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
                     vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they reach 10x noise (the lowest sample dE1 with `calibrate`)
-                    calibrate:bool=False, # experimental: train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`); calibrates the ZLP band, not the band-gap intervals (see "Calibrated intervals")
+                    calibrate:bool=False, # train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`); validated for monochromated data and t/lambda >~ 0.3 (see "Calibrated intervals")
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
@@ -633,13 +633,14 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     sec["subtract"] = time.perf_counter() - t1
     # 5. band gap per replica with the ZLP replicas as resolution
     t1 = time.perf_counter()
-    fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed, correlated_spread=cal is not None)
+    fit = fit_band_gaps(sub.inelastic, sub.zlp, e, wins, exponent=exponent, jitter=bool(jit), seed=seed, spread_scale=sub.spread_scale)
     sec["band_gap"] = time.perf_counter() - t1
     power = fit
     if onset_model == "excitons":   # the same replicas, windows from 0.5 eV under the power law's starts (`below`); the excitons' own windows; up to 3 eV
         t1 = time.perf_counter()
         xw = tuple(w for w in exciton_windows if w[0] >= e[0] and w[1] <= e[-1])
-        fit = fit_onset_excitons(sub.inelastic, e, resolution=sub.zlp, windows=power, exciton_windows=xw, e_hi=min(3.0, float(e[-1])))
+        fit = fit_onset_excitons(sub.inelastic, e, resolution=sub.zlp, windows=power, exciton_windows=xw, e_hi=min(3.0, float(e[-1])),
+                                 spread_scale=sub.spread_scale)
         sec["onset_excitons"] = time.perf_counter() - t1
     # 6. thickness, excitons, plasmon
     t1 = time.perf_counter()

@@ -58,10 +58,10 @@ def check_report(path, n_min=1):
 
 @pytest.mark.parametrize("command, options", [
     ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
-                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model"]),
+                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate"]),
     ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
                "--debug", "--max-memory"]),
-    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model"]),
+    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model", "--calibrate"]),
 ])
 def test_help_explains_every_option(capsys, command, options):
     rc, out, _ = run(capsys, [command, "--help"])
@@ -202,6 +202,7 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     assert d["cli"]["replicas"] == 16 and d["cli"]["command"].startswith("eelsnb spectra")
     assert d["onset_model"]["name"] == "power" and d["cli"]["onset_model"] == "power"   # the default model, said so
     assert "band_gap_power" not in s and "band_gap_power" not in d["pooled"]
+    assert d["spread_calibration"] is None and d["cli"]["calibrate"] is False        # the raw spread by default
     assert (out / "model" / "model.json").is_file() and (out / "model" / "weights.safetensors").is_file()
     assert list(out.glob("**/*.hspy")), sorted(p.name for p in out.rglob("*"))
     h = check_report(out / "report.html")
@@ -239,6 +240,24 @@ def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
         if s[k]["median"] is not None: check_summary(s[k], k)
     assert {"band_gap_power", "exponent_power"} <= set(d["pooled"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
+
+
+def test_calibrate_scales_the_spread_on_held_out_vacuum(capsys, tmp_path):
+    "--calibrate: the vacuum trained up to the sample's dE1, the factor found beyond it in results.json and the model card."
+    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", WS2 / "vacuum_22.txt", "--sample",
+                              WS2 / "sample_14.txt", *ERANGE, "--replicas", "8", "--epochs", "300", "--calibrate",
+                              "--out", tmp_path / "o"])
+    assert rc == 0, err[-3000:]
+    d = json.loads((tmp_path / "o" / "results.json").read_text())
+    c = d["spread_calibration"]
+    assert c is not None and c["scale"] > 0 and c["n_points"] >= 20 and abs(c["coverage_after"] - 0.68) < 0.05, c
+    assert d["cli"]["calibrate"] is True
+    assert abs(d["settings"]["vacuum_dE1"] - d["samples"][0]["dE1"]) < 1e-9 and c["window"][0] == d["settings"]["vacuum_dE1"]
+    card = json.loads((tmp_path / "o" / "model" / "model.json").read_text())
+    assert card["spread_calibration"]["scale"] == c["scale"]
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--calibrate", "--out", tmp_path / "p"])
+    assert_one_line_error(rc, err, "--calibrate", "--vacuum")
+    assert not (tmp_path / "p").exists()
 
 
 def test_hspy_input_ignores_energy_range(capsys, tmp_path):
