@@ -12,8 +12,10 @@ Then the method, step by step, as a user runs it:
 3. one `ZLPEnsemble` trained on vacuum + samples (`training_set_from_spectra` + `fit`), outlier replicas dropped;
 4. the spread calibration (`eelsnb.subtract.calibrate_spread`, as `analyse_spectra(calibrate=True)` does): the
    ensemble's ZLP replicas of the vacuum spectra against their own counts beyond the vacuum's training window (held
-   out) give a factor on the replicas' spread, reported beside the factor the samples' true ZLPs ask for; applied only
-   with `--calibrate` (which also fits with `correlated_spread=True`);
+   out) give a factor on the replicas' spread, reported beside the factor the samples' true ZLPs ask for; with
+   `--calibrate` every ZLP replica's ln-space deviation from the replicas' median is scaled by it (`scale_spread`) and
+   the band gap is fitted with `spread_scale=` it (the raw fit, only the replicas' scatter changes); the raw figures
+   are kept beside (`band_gap_raw`);
 5. ZLP replicas of every sample at its own conditions (`ZLPEnsemble.predict_for`), inelastic = counts - ZLP;
    `eelsnb.bandgap.fit_band_gap(inelastic, energy, resolution=ZLP replicas, seed=...)` with its defaults;
 6. the median and 68% interval (16-84%) of E_bg and b over replicas, against the truth.
@@ -164,9 +166,13 @@ def analyse_group(group:dict, # from `make_group`
     cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
     try: oracle = calibrate_spread(zlp, zt, np.full_like(zt, 1e-6), e, np.stack([d1, d2], -1)).scale
     except ValueError: oracle = np.nan
-    if calibrate: zlp = scale_spread(zlp, cal.scale)
+    raw = {}
+    if calibrate:   # the raw fit too, for the comparison
+        r_ = fit_band_gap(smp[None] - zlp, e, resolution=zlp, seed=seed, **(fit_kw or {})).summary("band_gap")
+        raw = dict(gap_median_raw=r_.median, gap_low_raw=r_.low, gap_high_raw=r_.high, n_valid_raw=np.asarray(r_.n_valid))
+        zlp = scale_spread(zlp, cal.scale)
     inel = smp[None] - zlp
-    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"correlated_spread": calibrate, **(fit_kw or {})})
+    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"spread_scale": cal.scale if calibrate else 1.0, **(fit_kw or {})})
     sg, sb = fit.summary("band_gap"), fit.summary("exponent")
     # diagnostics: the ZLP replicas against the true (aligned) ZLP at dE1 and at the gap, in units of their spread
     zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
@@ -184,7 +190,7 @@ def analyse_group(group:dict, # from `make_group`
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
                spread_scale=cal.scale, spread_scale_applied=cal.scale if calibrate else 1.0, spread_scale_oracle=oracle,
-               vacuum_coverage_before=cal.coverage_before)
+               vacuum_coverage_before=cal.coverage_before, **raw)
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
     return out
@@ -308,6 +314,10 @@ def figures(recs)->dict:
                          outliers_dropped=[int(r["outliers"]) for r in recs if "outliers" in r],
                          dE1_minus_gap_median=round(float(np.median(cat("dE1") - g)), 4),
                          dE1_above_gap=int(np.sum(cat("dE1") > g)), dE1_fallback=int(np.sum(cat("dE1_fallback"))))
+    if "gap_median_raw" in recs[0]:   # calibrated runs: the raw intervals of the same replicas
+        f["band_gap_raw"] = _stats(g, cat("gap_median_raw"), cat("gap_low_raw"), cat("gap_high_raw"), cat("n_valid_raw") > 0)
+        f["by_exponent_raw"] = {f"{v:g}": _stats(g[b == v], cat("gap_median_raw")[b == v], cat("gap_low_raw")[b == v],
+                                                 cat("gap_high_raw")[b == v], (cat("n_valid_raw") > 0)[b == v]) for v in np.unique(b)}
     if "spread_scale" in recs[0]:   # one calibration per group (the records repeat it per sample)
         per = lambda k: [round(float(np.atleast_1d(r[k]).ravel()[0]), 3) for r in recs]
         f["calibration"] = dict(scale=per("spread_scale"), applied=per("spread_scale_applied"), oracle=per("spread_scale_oracle"),
@@ -351,7 +361,8 @@ def main(argv=None)->dict:
     ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
                     "(re-fit the band gap without training again)")
     ap.add_argument("--calibrate", action="store_true", help="scale the ZLP spread by its held-out vacuum calibration "
-                    "(eelsnb.subtract.calibrate_spread) and fit with correlated_spread=True")
+                    "(eelsnb.subtract.calibrate_spread) and fit with spread_scale= the factor; the raw figures are kept "
+                    "beside (band_gap_raw)")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
