@@ -288,6 +288,11 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
         raise ValueError("zlp, counts, sigma: must be finite (NaN or inf found).")
     if np.any(s <= 0): raise ValueError("sigma: must be > 0 everywhere.")
     if np.any(z <= 0): raise ValueError("zlp: ZLP replicas must be > 0 (network predictions are).")
+    try: lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError): raise ValueError(f"bounds: expected (low, high) factors, got {bounds!r}.") from None
+    if not (0 < lo < hi < np.inf): raise ValueError(f"bounds: need 0 < low < high < inf, got {bounds!r}.")
+    if isinstance(min_points, bool) or int(min_points) != min_points or min_points < 1:
+        raise ValueError(f"min_points: expected a positive integer, got {min_points!r}.")
     w = np.asarray(window, dtype=np.float64)
     w = np.broadcast_to(w, (c.shape[0], 2)) if w.shape == (2,) else w
     if w.shape != (c.shape[0], 2) or not np.all(np.isfinite(w)) or np.any(w[:, 1] <= w[:, 0]):
@@ -305,7 +310,6 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
     def cover(k):
         L, M, H = (np.exp(mm + k * (q - mm)) for q in (lo_, md, hi_))
         return float(np.mean(np.abs(M - d) <= np.sqrt((0.5 * (H - L)) ** 2 + sd ** 2)))
-    lo, hi = (float(b) for b in bounds)
     if cover(lo) >= CALIBRATION_TARGET:
         raise ValueError(f"the held-out counts are too noisy to calibrate: their noise alone covers {cover(lo):.2f} of the "
                          f"{n} channels; hold out a range with more signal.")
@@ -317,7 +321,7 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
             else: lo = mid
         k = hi
     pull = np.abs(np.exp(md) - d) / np.maximum(0.5 * (np.exp(hi_) - np.exp(lo_)), 1e-300)
-    if k >= bounds[1]: warnings.warn(f"calibrate_spread: even {bounds[1]:g} x the spread covers only {cover(k):.2f} of the held-out channels.")
+    if k >= float(bounds[1]): warnings.warn(f"calibrate_spread: even {float(bounds[1]):g} x the spread covers only {cover(k):.2f} of the held-out channels.")
     return SpreadCalibration(float(k), n, cover(1.0), cover(k), float(np.median(pull)),
                              (float(w[:, 0].min()), float(w[:, 1].max())))
 
