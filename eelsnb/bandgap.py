@@ -760,6 +760,12 @@ def _as_data(inelastic, energy):
         raise ValueError(f"inelastic: {int(bad.sum())} NaN/inf values; drop those replicas (or repair the spectra) first.")
     return x, e
 
+def _check_spread_scale(scale, name:str="spread_scale")->float:
+    "A factor on the ZLP replicas' spread (`eelsnb.subtract.scale_spread`, `fit_band_gap(spread_scale=)`): a finite number > 0."
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0 (1: unscaled replicas), got {scale!r}.")
+    return float(scale)
+
 def _check_window(window, e, min_points):
     "A given window as two floats inside the axis, above 0 eV, wide enough."
     try: lo, hi = (float(v) for v in window)
@@ -817,8 +823,7 @@ def fit_band_gap(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..., n_E
     if int(min_points) != min_points or min_points < 2: raise ValueError(f"min_points: need an integer >= 2, got {min_points!r}.")
     if not grid_step > 0 or n_b < 3 or polish < 0: raise ValueError("grid_step must be > 0, n_b >= 3 and polish >= 0.")
     if edges not in ("keep", "fail"): raise ValueError(f"edges: expected 'keep' or 'fail', got {edges!r}.")
-    if isinstance(spread_scale, bool) or not np.isscalar(spread_scale) or not np.isfinite(spread_scale) or spread_scale <= 0:
-        raise ValueError(f"spread_scale: expected a finite number > 0 (1: unscaled replicas), got {spread_scale!r}.")
+    spread_scale = _check_spread_scale(spread_scale)
     bad = set(onset_kw) - set(_ONSET_KW)
     if bad: raise TypeError(f"fit_band_gap: unexpected keyword arguments {sorted(bad)}; detection settings are {sorted(_ONSET_KW)}.")
     kw = {**_ONSET_KW, **onset_kw}

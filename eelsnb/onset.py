@@ -12,7 +12,7 @@ from scipy.special import erfc
 
 from .io import check_energy
 from .bandgap import BandGapFit, FAIL_REASONS, EDGE_REASONS, summarize, Summary, fit_band_gap
-from .bandgap import _quadratic_vertex, _kernels, _fwhm, _fixed_counts
+from .bandgap import _quadratic_vertex, _kernels, _fwhm, _fixed_counts, _check_spread_scale
 from .physics import excitons as find_excitons, WS2_EXCITON_WINDOWS
 
 # %% auto #0
@@ -310,6 +310,7 @@ def fit_onset_excitons(inelastic, # inelastic replicas I - I_ZLP^(k), (n_rep, ..
     if not (np.isscalar(exciton_fwhm) and np.isfinite(exciton_fwhm) and exciton_fwhm > 0):
         raise ValueError(f"exciton_fwhm: need a positive width (eV), got {exciton_fwhm!r}.")
     if int(min_points) != min_points or min_points < 2: raise ValueError(f"min_points: need an integer >= 2, got {min_points!r}.")
+    spread_scale = _check_spread_scale(spread_scale)
     if not grid_step > 0 or int(n_b) != n_b or n_b < 3: raise ValueError(f"grid_step, n_b: need grid_step > 0 and an integer n_b >= 3, got {grid_step!r}, {n_b!r}.")
     xw = _exciton_windows(exciton_windows, e)
     n_x = len(xw)

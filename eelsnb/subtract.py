@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .io import as_arrays, check_counts, check_energy, signal_energy
 from .preprocess import spectrum_conditions
-from .bandgap import Summary, summarize, _median0, _nan_percentiles
+from .bandgap import Summary, summarize, _median0, _nan_percentiles, _check_spread_scale
 
 # %% auto #0
 __all__ = ['AXIS_KEYS', 'CALIBRATION_TARGET', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis', 'training_axis',
@@ -213,8 +213,8 @@ def subtract(ensemble, # a trained ZLPEnsemble
         flat = {k: v.reshape(-1) for k, v in cond.items()}
         zlp = grid.zlp(flat).astype(np.float64).reshape((R,) + c.shape)
     if check_zlp is not None: check_zlp_scale(np.median(zlp, 0).reshape(-1, len(e)), c.reshape(-1, len(e)), check_zlp)
-    cal = getattr(ensemble, "spread_calibration", None) if calibrated else None
-    k = 1.0 if cal is None else _check_scale(cal.scale)
+    cal = ensemble.spread_calibration if calibrated else None
+    k = 1.0 if cal is None else _check_spread_scale(cal.scale, "ensemble.spread_calibration.scale")
     if k != 1.0: zlp = scale_spread(zlp, k)
     title = str(counts.metadata.General.title) if hasattr(counts, "metadata") else ""
     return Subtraction(e, c, zlp, c[None] - zlp, cond, _nav_axes(counts), title, method, grid, k)
@@ -247,16 +247,11 @@ class SpreadCalibration(NamedTuple):
 
 CALIBRATION_TARGET = 0.6827
 
-def _check_scale(scale)->float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}.")
-    return float(scale)
-
 def scale_spread(zlp, # ZLP replicas (n_rep, ..., n_E), counts > 0
                  scale:float, # factor on each replica's deviation from the replicas' median of ln I (1: unchanged)
                 )->np.ndarray: # the scaled replicas, same shape and dtype
     "ZLP replicas whose ln-space deviation from the replicas' median is multiplied by `scale`: the median stays, the band narrows or widens."
-    scale = _check_scale(scale)
+    scale = _check_spread_scale(scale, "scale")
     z = np.asarray(zlp)
     if z.ndim < 2 or z.shape[0] < 2: raise ValueError(f"zlp: expected replicas first, (n_rep >= 2, ..., n_E), got shape {z.shape}.")
     if scale == 1.0: return z.copy()
@@ -298,18 +293,19 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
     if w.shape != (c.shape[0], 2) or not np.all(np.isfinite(w)) or np.any(w[:, 1] <= w[:, 0]):
         raise ValueError(f"window: expected (e_lo, e_hi) with e_lo < e_hi, or one per spectrum ({c.shape[0]}, 2); got {window!r}.")
     lz = np.log(z)
-    lq = np.percentile(lz, [16, 50, 84], axis=0)
-    m = np.median(lz, 0)                          # what `scale_spread` keeps
+    lq = np.percentile(lz, [16, 84], axis=0)
+    lm = np.median(lz, 0)                         # what `scale_spread` keeps
     inside = (e[None] >= w[:, :1]) & (e[None] < w[:, 1:])
-    use = inside & (np.exp(lq[1]) > snr * s)
+    use = inside & (np.exp(lm) > snr * s)
     n = int(use.sum())
     if n < min_points:
         raise ValueError(f"window: only {n} held-out channels where the ZLP exceeds {snr:g} x its noise (need {min_points}); "
                          "the held-out range must reach where the held-out spectra still have signal (train them on less).")
-    lo_, md, hi_, mm, d, sd = lq[0][use], lq[1][use], lq[2][use], m[use], c[use], s[use]
+    lo_, md, hi_, d, sd = lq[0][use], lm[use], lq[1][use], c[use], s[use]
+    miss = np.abs(np.exp(md) - d)                 # the median does not move with the scale
     def cover(k):
-        L, M, H = (np.exp(mm + k * (q - mm)) for q in (lo_, md, hi_))
-        return float(np.mean(np.abs(M - d) <= np.sqrt((0.5 * (H - L)) ** 2 + sd ** 2)))
+        L, H = (np.exp(md + k * (q - md)) for q in (lo_, hi_))
+        return float(np.mean(miss <= np.sqrt((0.5 * (H - L)) ** 2 + sd ** 2)))
     if cover(lo) >= CALIBRATION_TARGET:
         raise ValueError(f"the held-out counts are too noisy to calibrate: their noise alone covers {cover(lo):.2f} of the "
                          f"{n} channels; hold out a range with more signal.")
@@ -320,7 +316,7 @@ def calibrate_spread(zlp, # ZLP replicas (n_rep, m, n_E) of held-out spectra at 
             if cover(mid) >= CALIBRATION_TARGET: hi = mid
             else: lo = mid
         k = hi
-    pull = np.abs(np.exp(md) - d) / np.maximum(0.5 * (np.exp(hi_) - np.exp(lo_)), 1e-300)
+    pull = miss / np.maximum(0.5 * (np.exp(hi_) - np.exp(lo_)), 1e-300)
     if k >= float(bounds[1]): warnings.warn(f"calibrate_spread: even {float(bounds[1]):g} x the spread covers only {cover(k):.2f} of the held-out channels.")
     return SpreadCalibration(float(k), n, cover(1.0), cover(k), float(np.median(pull)),
                              (float(w[:, 0].min()), float(w[:, 1].max())))
