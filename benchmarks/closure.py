@@ -166,13 +166,13 @@ def analyse_group(group:dict, # from `make_group`
     cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
     try: oracle = calibrate_spread(zlp, zt, np.full_like(zt, 1e-6), e, np.stack([d1, d2], -1)).scale
     except ValueError: oracle = np.nan
-    raw = {}
+    raw, applied = {}, (cal.scale if calibrate else 1.0)
     if calibrate:   # the raw fit too, for the comparison
         r_ = fit_band_gap(smp[None] - zlp, e, resolution=zlp, seed=seed, **(fit_kw or {})).summary("band_gap")
         raw = dict(gap_median_raw=r_.median, gap_low_raw=r_.low, gap_high_raw=r_.high, n_valid_raw=np.asarray(r_.n_valid))
         zlp = scale_spread(zlp, cal.scale)
     inel = smp[None] - zlp
-    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"spread_scale": cal.scale if calibrate else 1.0, **(fit_kw or {})})
+    fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"spread_scale": applied, **(fit_kw or {})})
     sg, sb = fit.summary("band_gap"), fit.summary("exponent")
     # diagnostics: the ZLP replicas against the true (aligned) ZLP at dE1 and at the gap, in units of their spread
     zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
@@ -189,7 +189,7 @@ def analyse_group(group:dict, # from `make_group`
                inelastic_over_zlp_spread_gap_plus_0p3=it[n, ig3] / np.maximum(0.5 * (zhi - zlo)[n, ig3], 1e-12),
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
-               spread_scale=cal.scale, spread_scale_applied=cal.scale if calibrate else 1.0, spread_scale_oracle=oracle,
+               spread_scale=cal.scale, spread_scale_applied=applied, spread_scale_oracle=oracle,
                vacuum_coverage_before=cal.coverage_before, **raw)
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))

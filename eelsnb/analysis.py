@@ -536,12 +536,11 @@ def _window_arg(window, n, fwhm, dE1):
         raise ValueError(f"window: need 0 < e_lo < e_hi (eV), got {w.tolist()}.")
     return np.array(w), False, "given"
 
-def _calibration(ensemble, V, e, sig, vd1, vd2):
-    "The spread calibration of a freshly trained ensemble on its held-out vacuum counts (vd1..vd2); None, with a warning, where there are none."
+def _calibration(use, V, e, sig, vd1, vd2):
+    "The spread calibration of a freshly trained ensemble (`use`: outliers dropped) on its held-out vacuum counts (vd1..vd2); None, with a warning, where there are none."
     skip = "spread calibration skipped, the 68% intervals keep the ensemble's raw spread: "
     if V is None:
         warnings.warn(skip + "it needs vacuum spectra trained on (train_on='both')."); return None
-    use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
     try: return calibrate_spread(use.predict_for(V, e), V, sig[:len(V)], e, (vd1, vd2))
     except ValueError as err:
         warnings.warn(skip + str(err)); return None
@@ -618,14 +617,15 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
             record_training_axis(ensemble, e)
         except ImportError: pass
         sec["train"] = time.perf_counter() - t1
-        if calibrate: ensemble.spread_calibration = _calibration(ensemble, V if use_v else None, e, sig, vd1 if use_v else None, vd2 if use_v else None)
     else:
         if not getattr(ensemble, "is_fitted", False):
             raise ValueError("ensemble: expected a trained ZLPEnsemble (fit it or ZLPEnsemble.load a saved one), "
                              f"got {type(ensemble).__name__}{'' if not hasattr(ensemble, 'is_fitted') else ' (untrained)'}.")
         settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
-    cal = getattr(use, "spread_calibration", None)
+    if calibrate and "train" in sec:   # trained here: calibrate on the vacuum it held out
+        ensemble.spread_calibration = use.spread_calibration = _calibration(use, V if use_v else None, e, sig, vd1 if use_v else None, vd2 if use_v else None)
+    cal = use.spread_calibration
     settings["spread_calibration"] = None if cal is None else cal.to_dict()
     # 4. subtraction
     t1 = time.perf_counter()

@@ -462,8 +462,8 @@ def run_spectra(args, log:Progress|None=None)->Path:
         raise ValueError(f"--dE1 ({args.dE1:g} eV) must be below --dE2 ({args.dE2:g} eV).")
     if args.window is not None and not args.window[0] < args.window[1]:
         raise ValueError(f"--window: ELO ({args.window[0]:g}) must be below EHI ({args.window[1]:g}) (eV).")
-    onset_model = getattr(args, "onset_model", "power")
-    if getattr(args, "calibrate", False) and not args.vacuum:
+    onset_model, calibrate = getattr(args, "onset_model", "power"), bool(getattr(args, "calibrate", False))
+    if calibrate and not args.vacuum:
         raise ValueError("--calibrate: the calibration holds out part of the vacuum spectra; give them with --vacuum.")
     if onset_model == "excitons" and args.exponent is not None:
         raise ValueError("--exponent: a fixed exponent applies to the power law only; use --onset-model power with it.")
@@ -473,11 +473,11 @@ def run_spectra(args, log:Progress|None=None)->Path:
         res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
                               max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
-                              progress=not args.quiet, onset_model=onset_model, calibrate=bool(getattr(args, "calibrate", False)))
+                              progress=not args.quiet, onset_model=onset_model, calibrate=calibrate)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
                 epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent,
-                onset_model=onset_model, calibrate=bool(getattr(args, "calibrate", False)))
+                onset_model=onset_model, calibrate=calibrate)
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))
     if not args.quiet: _print_samples(res.to_dict())
     return out

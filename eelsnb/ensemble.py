@@ -859,7 +859,7 @@ def _card(self)->dict:
                 history=[{k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()} for h in self.history],
                 versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 weights_file=WEIGHTS_FILE,
-                spread_calibration=None if getattr(self, "spread_calibration", None) is None else self.spread_calibration.to_dict())
+                spread_calibration=None if self.spread_calibration is None else self.spread_calibration.to_dict())
 
 def _save(self,
           path, # target directory
