@@ -28,6 +28,7 @@ exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
        [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--calibrate]
+       [--fwhm 0.15] [--thicknesses 0.1 0.2 0.3]
 
 --twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
 (key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
@@ -61,6 +62,7 @@ def make_group(seed:int, # seed of this group: truth and noise
                read_noise:float=2.0, # Gaussian read noise (counts rms)
                thicknesses=THICKNESSES, # t/lambda values
                gap_range=(1.0, 2.5), # band gaps drawn stratified in this range (eV)
+               fwhm:float|None=None, # ZLP FWHM (eV); None: the preset's
                exponents=(0.5, 1.5), # onset exponents, alternated (random order)
               )->dict:
     "Synthetic vacuum and sample spectra of one group, with the truth."
@@ -73,7 +75,8 @@ def make_group(seed:int, # seed of this group: truth and noise
     gaps = rng.permutation(rng.uniform(edges[:-1], edges[1:]))           # stratified: the whole range in every group
     b = rng.permutation(np.resize(np.asarray(exponents, float), n_samples))
     t = rng.permutation(np.resize(np.asarray(thicknesses, float), n_samples))
-    kw = dict(energy=default_energy(p["kind"]), fwhm=p["fwhm"], total_counts=p["total_counts"] if total_counts is None else total_counts,
+    if fwhm is not None and not (np.isfinite(fwhm) and fwhm > 0): raise ValueError(f"fwhm: need a ZLP FWHM > 0 (eV), got {fwhm!r}.")
+    kw = dict(energy=default_energy(p["kind"]), fwhm=p["fwhm"] if fwhm is None else float(fwhm), total_counts=p["total_counts"] if total_counts is None else total_counts,
               zlp_broadening=zlp_broadening, read_noise=read_noise, excitons=EXCITONS[excitons])
     vac = synthetic_spectra(n_vacuum, t_over_lambda=0.0, seed=[seed, 1], **kw)
     smp = synthetic_spectra(n_samples, band_gap=gaps, exponent=b, t_over_lambda=t, seed=[seed, 2], **kw)
@@ -242,16 +245,20 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 twins:bool=False, # also train twin ensembles per group (see `_twins`)
                 cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
                 calibrate:bool=False, # scale each group's ZLP spread by its held-out vacuum calibration
+                fwhm:float|None=None, # ZLP FWHM (eV) instead of the preset's (its axis and dose stay)
+                thicknesses=THICKNESSES, # t/lambda of the samples (cycled)
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
     recs = []
     for s in seeds:
         g = make_group(s, n_samples, preset=preset, total_counts=total_counts, excitons=excitons,
-                       zlp_broadening=zlp_broadening, read_noise=read_noise)
+                       zlp_broadening=zlp_broadening, read_noise=read_noise, fwhm=fwhm, thicknesses=thicknesses)
+        extra = ("" if fwhm is None else f"_fwhm{fwhm:g}") + (
+            "" if tuple(thicknesses) == THICKNESSES else "_t" + "-".join(f"{t:g}" for t in thicknesses))
         cache = None if cache_dir is None else str(Path(cache_dir) / (
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
-            f"_k{zlp_broadening:g}_rn{read_noise:g}_seed{s}.npz"))
+            f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
                           ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate)
         recs.append(r)
@@ -268,7 +275,8 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
     fig = figures(recs)
     fig["settings"] = dict(seeds=list(seeds), n_samples=n_samples, n_replicas=n_replicas, max_epochs=max_epochs,
                            preset=preset, excitons=excitons, total_counts=total_counts or PRESETS[preset]["total_counts"],
-                           fwhm=PRESETS[preset]["fwhm"], zlp_broadening=zlp_broadening, read_noise=read_noise,
+                           fwhm=PRESETS[preset]["fwhm"] if fwhm is None else fwhm, thicknesses=list(thicknesses),
+                           zlp_broadening=zlp_broadening, read_noise=read_noise,
                            dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {}, calibrate=calibrate)
     fig["run_time_s"] = round(time.perf_counter() - t0, 1)
     fig["train_s"] = round(float(sum(r["train_s"] for r in recs)), 1)
@@ -352,6 +360,9 @@ def main(argv=None)->dict:
     ap.add_argument("--preset", default="specimen4", choices=sorted(PRESETS))
     ap.add_argument("--excitons", default="none", choices=sorted(EXCITONS))
     ap.add_argument("--dose", type=float, default=None, help="electrons per spectrum (default: the preset's)")
+    ap.add_argument("--fwhm", type=float, default=None, help="ZLP FWHM (eV) instead of the preset's; its axis and dose stay")
+    ap.add_argument("--thicknesses", type=float, nargs="+", default=list(THICKNESSES), metavar="T",
+                    help="t/lambda of the samples, cycled (default: %(default)s)")
     ap.add_argument("--zlp-broadening", type=float, default=0.3)
     ap.add_argument("--read-noise", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -371,7 +382,7 @@ def main(argv=None)->dict:
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
-                      cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate)
+                      cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate, fwhm=a.fwhm, thicknesses=tuple(a.thicknesses))
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())
