@@ -12,7 +12,7 @@ from scipy.special import erfc
 
 from .io import check_energy
 from .bandgap import BandGapFit, FAIL_REASONS, EDGE_REASONS, summarize, Summary, fit_band_gap
-from .bandgap import _quadratic_vertex, _kernels, _fwhm, _fixed_counts, _check_spread_scale
+from .bandgap import _quadratic_vertex, _kernels, _fwhm, _fixed_counts, _check_spread_scale, _as_data
 from .physics import excitons as find_excitons, WS2_EXCITON_WINDOWS
 
 # %% auto #0
@@ -227,24 +227,8 @@ class OnsetFit(BandGapFit):
 
 # %% ../nbs/07a_onset.ipynb #cc96d062
 def _onset_data(inelastic, energy):
-    "Replicas (n_rep, ..., n_E) float and the validated axis, from an array or a hyperspy signal."
-    if hasattr(inelastic, "axes_manager"):
-        from eelsnb.io import signal_energy
-        e, x = signal_energy(inelastic), inelastic.data
-        if hasattr(x, "compute"): x = x.compute()
-    else:
-        if energy is None: raise ValueError("energy: the energy axis is missing; pass the energy loss of each channel (eV).")
-        e, x = check_energy(energy), inelastic
-    if x is None or isinstance(x, (str, bytes)): raise TypeError(f"inelastic: expected an array, got {type(x).__name__}.")
-    x = np.asarray(x)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise TypeError(f"inelastic: expected real numbers, got dtype {x.dtype}.")
-    if x.ndim < 2:
-        raise ValueError(f"inelastic: expected replicas first, (n_rep, ..., n_E), got shape {x.shape}; for one curve pass x[None].")
-    if x.shape[-1] != len(e):
-        raise ValueError(f"inelastic: the last axis has {x.shape[-1]} channels but energy has {len(e)}; energy must be the last axis.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"inelastic: {int(np.sum(~np.isfinite(x)))} NaN/inf values; drop those replicas (or repair the spectra) first.")
+    "Replicas (n_rep, ..., n_E) float and the validated axis, from an array or a hyperspy signal (`bandgap._as_data`'s checks)."
+    x, e = _as_data(inelastic, energy)
     return x.astype(float), e
 
 def _noise(x, min_rep:int=5):
