@@ -10,7 +10,6 @@ from itertools import combinations
 import numpy as np
 from scipy.special import erfc
 
-from .io import check_energy
 from .bandgap import BandGapFit, FAIL_REASONS, EDGE_REASONS, summarize, Summary, fit_band_gap
 from .bandgap import _quadratic_vertex, _kernels, _fwhm, _fixed_counts, _check_spread_scale, _as_data
 from .physics import excitons as find_excitons, WS2_EXCITON_WINDOWS
