@@ -97,7 +97,8 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   exciton_min_height:float=2e-5, # an exciton must stand this fraction of I_ZLP above its background
                   exciton_smooth:float|None=0.1, # Gaussian smoothing FWHM (eV) before the exciton search
                   plasmon_min_height:float=1e-4, # the plasmon must be this fraction of I_ZLP high
-                  seed:int=0, # seed of the band-gap window jitter
+                  seed:int=0, # seed of the random draws (band-gap window jitter, the counts' noise in the peak searches)
+                  pixel_seeds=None, # (m,) keys of the pixels' draws, e.g. their flat indices in the SI: each pixel's draws then depend on (seed, its key) alone, not on the chunk it is in; None: its index in the chunk
                   bandgap_kw:dict|None=None, # more `fit_band_gap` options (kernel_range, search, ...)
                   zlp_sum=None, # (n_rep, m) ZLP integrals over all channels; needed when `zlp` holds only some (e.g. `ImageChunk.zlp_sum`)
                   zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
@@ -137,13 +138,13 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
     np.subtract(c_used[None], z_used, out=inl, casting="same_kind")
     loc = lambda c: slice(c.start - used.start, c.stop - used.start)
     fit = fit_band_gap(inl[..., loc(cb)], e[cb], window=window, exponent=exponent,
-                       resolution=zlp[..., cb.start - zc.start:cb.stop - zc.start], seed=seed,
+                       resolution=zlp[..., cb.start - zc.start:cb.stop - zc.start], seed=seed, pixel_seeds=pixel_seeds,
                        kernels=None if kernels is None else (np.asarray(kernels[0])[:, cb], kernels[1]), **bkw)
     out["band_gap"], out["exponent"] = fit.summary("band_gap"), fit.summary("exponent")
     n_failed = fit.failed.sum(0)
     for i, (w, cs) in enumerate(zip(exciton_windows or (), crops)):
         p = find_peaks(inl[..., loc(cs)], e[cs], w, background="linear", smooth=exciton_smooth, min_height=exciton_min_height * i0,
-                       counts=counts[:, cs], seed=[seed, 1, i])   # + the counts' Poisson noise, drawn per replica and pixel
+                       counts=counts[:, cs], seed=[seed, 1, i], pixel_seeds=pixel_seeds)   # + the counts' Poisson noise, drawn per replica and pixel
         np_, nw = _peak_names(i)
         out[np_], out[nw] = p.summary("position"), p.summary("width")
     if bins is not None:   # `plasmon`'s search on its bins: counts and ZLP summed per bin, then subtracted (8x fewer values)
@@ -156,7 +157,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                 raise ValueError(f"zlp_bins: expected the ZLP replicas' sums over the plasmon's bins, shape {(R, m, cbin.shape[1])} "
                                  f"(`analysed_layout(...)[1]`: channels {A}..{B - 1} in bins of {g.f}), got {zb.shape}.")
         _check_finite(cbin, "counts"); _check_finite(zb, "zlp" if zlp_bins is None else "zlp_bins")
-        noise = (_bin_noise(cbin, g.f), _pixel_keys(None, (m,)), _stream_seed([seed, 2]))   # + the counts' Poisson noise
+        noise = (_bin_noise(cbin, g.f), _pixel_keys(pixel_seeds, (m,)), _stream_seed([seed, 2]))   # + the counts' Poisson noise
         p = _peak_search(lambda p0, p1: (cbin[None, p0:p1] - zb[:, p0:p1]) * (1.0 / g.f), R, m, (R, m), g,
                          min_height=plasmon_min_height * i0, background=None, edge=3, refine=PLASMON_REFINE, chunk=4096, noise=noise)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
@@ -459,16 +460,18 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     t3 = time.perf_counter()
     P = int(np.prod(shape))
     maps, n_failed, reasons = {}, np.zeros(P, int), {}
-    seeds = np.random.SeedSequence(seed).generate_state(len(it))
     k = used.stop - used.start
     workers = max(1, min(int(torch_threads() if workers is None else _positive("workers", workers)), len(it)))
     it.reuse = workers == 1                 # one ZLP buffer for all chunks, or one per chunk in flight
     inel = [np.empty(R * it.chunk_pixels * k, np.float32) for _ in range(workers)]
-    def work(i, ch, buf):
+    def kernels(ch):   # each pixel's resolution: the median ZLP at its nearest kernel-lattice node (its own conditions
+        uk, lab = np.unique(it.grid.kernel_nodes(ch.conditions), return_inverse=True)   # alone); in this thread (the grid's caches)
+        return it.grid.kernels(uk), lab.reshape(-1)
+    def work(ch, buf, kern):   # a pixel's results depend on its counts, conditions, seed and flat index alone, not on the chunking
         out = analyse_chunk(ch.counts, ch.zlp, e, inelastic=buf, window=window,
                             exponent=exponent, exciton_windows=exciton_windows, plasmon_window=plasmon_window,
-                            seed=int(seeds[i]), bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels, zlp_bins=ch.zlp_bins,
-                            vacuum_below=vacuum_below, **pk)
+                            seed=seed, pixel_seeds=ch.index, bandgap_kw=bandgap_kw, zlp_sum=ch.zlp_sum, zlp_channels=ch.channels,
+                            zlp_bins=ch.zlp_bins, kernels=kern, vacuum_below=vacuum_below, **pk)
         return ch.index, out, buf
     def collect(index, out):
         summ, nf, rs = out
@@ -479,16 +482,16 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
         for k, v in rs.items(): reasons[k] = reasons.get(k, 0) + v
     bar = tqdm(total=len(it), disable=not progress, desc="SI chunks")
     if workers == 1:
-        for i, ch in enumerate(it):
-            index, out, _ = work(i, ch, inel[0]); collect(index, out); bar.update()
+        for ch in it:
+            index, out, _ = work(ch, inel[0], kernels(ch)); collect(index, out); bar.update()
     else:   # `workers` chunks analysed at once in threads (numpy releases the GIL) while the next one is interpolated
         from concurrent.futures import ThreadPoolExecutor
         pending = []
         with single_thread_kernels(), ThreadPoolExecutor(workers) as pool:
-            for i, ch in enumerate(it):
+            for ch in it:
                 if len(pending) == workers:
                     index, out, buf = pending.pop(0).result(); collect(index, out); inel.append(buf); bar.update()
-                pending.append(pool.submit(work, i, ch, inel.pop()))
+                pending.append(pool.submit(work, ch, inel.pop(), kernels(ch)))
             for f in pending:
                 index, out, buf = f.result(); collect(index, out); bar.update()
     bar.close()

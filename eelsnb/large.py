@@ -359,7 +359,6 @@ def pass2_block(out_dir, b:int, data=None)->dict:
             with _LOCK: rows_, w_ = grid.prepare(cz)   # (adds missing nodes: one thread)
             zlp, sums, zbins = grid.interpolate_kept(rows_, w_, used, out=zbuf[:R * k * kc].reshape(R, k, kc), slab=slab,
                                                      tmp=tbuf, bins=bins, out_bins=None if bins is None else bbuf[:R * k * nbin].reshape(R, k, nbin))
-            seed = int(np.random.SeedSequence([int(run["seed"]), b, j]).generate_state(1)[0])
             if run["analysis"] == "thickness":   # ln(I_total / I_ZLP) per replica, I_ZLP from the integrals
                 summ, nf, rs = {"t_over_lambda": summarize(t_over_lambda_sums(y[a:z], sums))}, np.zeros(k, np.int64), {}
             else:
@@ -368,7 +367,10 @@ def pass2_block(out_dir, b:int, data=None)->dict:
                 with _LOCK:
                     uk, lab = np.unique(grid.kernel_nodes(cz), return_inverse=True)
                     kern = grid.kernels(uk)
-                summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=seed,
+                # the random draws keyed by the run's seed and each pixel's flat index in the SI: the maps do not
+                # depend on the block rows, the chunk size or which worker ran the block (as `analyse_image`)
+                summ, nf, rs = analyse_chunk(y[a:z], zlp, e, inelastic=ibuf[:R * k * kc].reshape(R, k, kc), seed=int(run["seed"]),
+                                             pixel_seeds=b * int(run["rows"]) * nx + np.arange(a, z),
                                              zlp_sum=sums, zlp_channels=used, zlp_bins=zbins, kernels=(kern, lab.reshape(-1)), **akw)
             for n in names:
                 for w in range(4): res[n][w][a:z] = summ[n][w]
