@@ -16,6 +16,7 @@ from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, R
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
+from . import __version__
 from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
 
 # %% auto #0
@@ -553,7 +554,9 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                     model=None if model_dir is None else _file_record(model_dir), reuse_grid=bool(reuse_grid), rows=rows,
                     chunk_pixels=chunk_pixels, train_pixels=int(train_pixels), kmeans_pixels=int(kmeans_pixels),
                     dE1=jsonable(dE1), dE2=jsonable(dE2), tol=float(tol), analysis=analysis, analysis_kw=jsonable(akw),
-                    quality=jsonable(q), ensemble_kw=jsonable(ensemble_kw or {}), fmt=fmt)
+                    quality=jsonable(q), ensemble_kw=jsonable(ensemble_kw or {}), fmt=fmt,
+                    # the code that computes the maps: a run is resumed only by the version (and draw scheme) that began it
+                    eelsnb=__version__, draws="seed and flat pixel index")
     fp = fingerprint(src.source, list(src.data.shape), str(src.data.dtype), jsonable(e[[0, -1]]), settings)
     lock = RunLock(out)
     lock.acquire()                                                         # a second run stops here, touching nothing
