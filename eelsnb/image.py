@@ -104,7 +104,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
                   zlp_channels:slice|None=None, # the channels `zlp` holds (e.g. `ImageChunk.channels`); None: all
                   zlp_bins=None, # (n_rep, m, bins) float64 sums of the ZLP replicas over the plasmon's bins (`analysed_layout(...)[1]`, `ConditionGrid.interpolate_kept(bins=)`); None: summed here from `zlp`
                   kernels=None, # (kernels (G, n_E) on the full axis, labels (m,)): resolution kernels per group of pixels (`ConditionGrid.kernels`); None: `fit_band_gap` groups the pixels' ZLPs by width
-                  vacuum_below:float|None=None, # pixels whose median t/lambda lies below this are vacuum: no band gap, exponent, exciton or plasmon (n_valid 0, counted); None: every pixel is fitted
+                  vacuum_below:float|None=None, # pixels whose median t/lambda lies below this are vacuum: no band gap, exponent, exciton or plasmon (n_valid 0, counted; with `kernels` given they are not fitted at all); None: every pixel is fitted
                  )->tuple: # (summaries: name -> Summary of (m,), n_failed (m,), failed_by_reason dict)
     "Per replica t/lambda, band gap, exponent, exciton and plasmon peaks of one chunk, summarised over replicas."
     e = check_energy(energy)
@@ -129,6 +129,29 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
         raise ValueError(f"zlp_channels: the ZLP holds channels {zc.start}..{zc.stop - 1}, the analysis needs "
                          f"{need.start}..{need.stop - 1}; keep at least `analysed_channels(...)[2]` (or "
                          "`analysed_layout(...)[0]` with `zlp_bins`).")
+    vb = check_vacuum_below(vacuum_below)
+    vac = np.zeros(m, bool) if vb is None else np.asarray(out["t_over_lambda"].median) < vb
+    if vac.any() and kernels is not None:
+        # vacuum pixels are not fitted at all: the others alone, with their own keys and kernels, give what they give in
+        # the whole chunk (each pixel's fits depend on its data, kernel and key alone), so only the work changes
+        keep = np.flatnonzero(~vac)
+        names = ["band_gap", "exponent"] + [x for i in range(len(exciton_windows or ())) for x in _peak_names(i)]
+        names += [] if bins is None else ["plasmon_position", "plasmon_width"]
+        part, nf_k, reasons = ({}, np.zeros(0, np.int64), {}) if not len(keep) else analyse_chunk(
+            np.asarray(counts)[keep], zlp[:, keep], e, inelastic=inelastic, window=window, exponent=exponent,
+            exciton_windows=exciton_windows, plasmon_window=plasmon_window, exciton_min_height=exciton_min_height,
+            exciton_smooth=exciton_smooth, plasmon_min_height=plasmon_min_height, seed=seed,
+            pixel_seeds=_pixel_keys(pixel_seeds, (m,))[keep], bandgap_kw=bandgap_kw, zlp_sum=i0[:, keep],
+            zlp_channels=zlp_channels, zlp_bins=None if zlp_bins is None else np.asarray(zlp_bins)[:, keep],
+            kernels=(kernels[0], np.asarray(kernels[1]).reshape(-1)[keep]))
+        for n in names:
+            full = Summary(np.full(m, np.nan), np.full(m, np.nan), np.full(m, np.nan), np.zeros(m, np.int64))
+            if n in part:
+                for j in range(4): full[j][keep] = part[n][j]
+            out[n] = full
+        n_failed = np.full(m, R, np.int64); n_failed[keep] = nf_k
+        reasons[VACUUM_REASON] = int(R * vac.sum())
+        return out, n_failed, reasons
     k = used.stop - used.start   # counts - zlp on the analysed channels only, in a compact (R, m, k) array
     if inelastic is not None and inelastic.dtype == np.float32 and inelastic.flags.c_contiguous and inelastic.size >= R * m * k:
         inl = inelastic.reshape(-1)[:R * m * k].reshape(R, m, k)
@@ -161,8 +184,6 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
         p = _peak_search(lambda p0, p1: (cbin[None, p0:p1] - zb[:, p0:p1]) * (1.0 / g.f), R, m, (R, m), g,
                          min_height=plasmon_min_height * i0, background=None, edge=3, refine=PLASMON_REFINE, chunk=4096, noise=noise)
         out["plasmon_position"], out["plasmon_width"] = p.summary("position"), p.summary("width")
-    vb = check_vacuum_below(vacuum_below)
-    vac = np.zeros(m, bool) if vb is None else np.asarray(out["t_over_lambda"].median) < vb
     reasons = fit.failed_by_reason(pixels=~vac)
     if vac.any():   # vacuum: the ZLP tail beyond dE2 would read as an onset; nothing but t/lambda is reported
         for n in out:
