@@ -18,6 +18,7 @@ from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
 from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .subtract import _positive
 
 # %% auto #0
 __all__ = ['ROW_CACHE_BYTES', 'QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY', 'LazySI',
@@ -465,10 +466,6 @@ def _run_blocks(fn, out_dir, blocks:list, client, src:LazySI, rows:int, progress
     return out
 
 # %% ../nbs/14_large.ipynb #425457d6
-def _check_int(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"{name}: need an integer >= {lo}, got {v!r}.")
-    return int(v)
-
 def _read_p1(out:Path, run:dict)->dict:
     st = ChunkStore.open(out / "work/pass1.zarr", tuple(run["shape"]), list(P1_NAMES), run["rows"], run["fingerprint"], dtypes=P1_DTYPES)
     return {n: st.read(n) for n in P1_NAMES}
@@ -521,8 +518,8 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     out = Path(out_dir)
     src = open_si(si, energy)                                              # all input checks before any work
     e = src.energy; ny, nx = src.shape; nE = len(e); P = ny * nx
-    K, seed = _check_int("n_clusters", n_clusters), _check_int("seed", seed, 0)
-    threads = torch_threads() if threads is None else _check_int("threads", threads)
+    K, seed = _positive("n_clusters", n_clusters), _positive("seed", seed, 0)
+    threads = torch_threads() if threads is None else _positive("threads", threads)
     if analysis not in ("full", "thickness"): raise ValueError(f"analysis: expected 'full' or 'thickness', got {analysis!r}.")
     if fmt not in ("zspy", "hspy"): raise ValueError(f"fmt: expected 'zspy' or 'hspy', got {fmt!r}.")
     if not (max_memory > 0): raise ValueError(f"max_memory: need a positive number of bytes, got {max_memory!r}.")
@@ -542,10 +539,10 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
         ens_given = ZLPEnsemble.load(model_dir); check_energy_for(ens_given, e)
         R = ens_given.n_replicas
     else:
-        R = _check_int("n_replicas", n_replicas); _check_int("max_epochs", max_epochs)
-    rows = _check_int("rows", rows) if rows is not None else max(1, min(ny, round(4096 / nx)))
+        R = _positive("n_replicas", n_replicas); _positive("max_epochs", max_epochs)
+    rows = _positive("rows", rows) if rows is not None else max(1, min(ny, round(4096 / nx)))
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
-    chunk_pixels = _check_int("chunk_pixels", chunk_pixels)
+    chunk_pixels = _positive("chunk_pixels", chunk_pixels)
     names = map_names(exciton_windows, plasmon_window, analysis)
     akw = dict(window=window, exponent=exponent, exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), bandgap_kw=bandgap_kw,

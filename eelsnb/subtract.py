@@ -347,9 +347,10 @@ def single_thread_kernels():
         with threadpool_limits(limits=1): yield
     finally: torch.set_num_threads(n)
 
-def _positive(name, v)->int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: need a positive integer, got {v!r}.")
+def _positive(name, v, lo:int=1)->int:
+    "`v` as an int >= `lo` (bools refused), or a ValueError that names it."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name}: need {'a positive integer' if lo == 1 else f'an integer >= {lo}'}, got {v!r}.")
     return int(v)
 
 def lazy_empty(shape:tuple, dtype=np.float32)->np.ndarray:
