@@ -485,7 +485,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     workers = max(1, min(int(torch_threads() if workers is None else _positive("workers", workers)), len(it)))
     it.reuse = workers == 1                 # one ZLP buffer for all chunks, or one per chunk in flight
     inel = [np.empty(R * it.chunk_pixels * k, np.float32) for _ in range(workers)]
-    def kernels(ch):   # each pixel's resolution: the median ZLP at its nearest kernel-lattice node (its own conditions
+    def pixel_kernels(ch):   # each pixel's resolution: the median ZLP at its nearest kernel-lattice node (its own conditions
         uk, lab = np.unique(it.grid.kernel_nodes(ch.conditions), return_inverse=True)   # alone); in this thread (the grid's caches)
         return it.grid.kernels(uk), lab.reshape(-1)
     def work(ch, buf, kern):   # a pixel's results depend on its counts, conditions, seed and flat index alone, not on the chunking
@@ -504,7 +504,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     bar = tqdm(total=len(it), disable=not progress, desc="SI chunks")
     if workers == 1:
         for ch in it:
-            index, out, _ = work(ch, inel[0], kernels(ch)); collect(index, out); bar.update()
+            index, out, _ = work(ch, inel[0], pixel_kernels(ch)); collect(index, out); bar.update()
     else:   # `workers` chunks analysed at once in threads (numpy releases the GIL) while the next one is interpolated
         from concurrent.futures import ThreadPoolExecutor
         pending = []
@@ -512,7 +512,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
             for ch in it:
                 if len(pending) == workers:
                     index, out, buf = pending.pop(0).result(); collect(index, out); inel.append(buf); bar.update()
-                pending.append(pool.submit(work, ch, inel.pop(), kernels(ch)))
+                pending.append(pool.submit(work, ch, inel.pop(), pixel_kernels(ch)))
             for f in pending:
                 index, out, buf = f.result(); collect(index, out); bar.update()
     bar.close()
