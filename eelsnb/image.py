@@ -20,9 +20,9 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
                              single_thread_kernels, _positive)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'analysed_channels', 'analysed_layout',
-           't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk', 'jsonable', 'ImageResults', 'torch_threads',
-           'analyse_image']
+__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'map_names', 'analysed_channels',
+           'analysed_layout', 't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk', 'jsonable', 'ImageResults',
+           'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -32,6 +32,14 @@ def _crop(e:np.ndarray, lo:float, hi:float)->slice:
     return slice(int(np.searchsorted(e, lo)), int(np.searchsorted(e, hi, side="right")))
 
 def _peak_names(i:int)->tuple: return ("exciton_position", "exciton_width") if i == 0 else (f"exciton{i + 1}_position", f"exciton{i + 1}_width")
+
+def map_names(exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0), analysis:str="full")->list:
+    "Quantities of a run, in the order of `MAP_NAMES`."
+    if analysis == "thickness": return ["t_over_lambda"]
+    names = ["band_gap", "exponent", "t_over_lambda"]
+    for i in range(len(exciton_windows or ())): names += list(_peak_names(i))
+    if plasmon_window is not None: names += ["plasmon_position", "plasmon_width"]
+    return sorted(names, key=lambda n: (MAP_NAMES + (n,)).index(n))
 
 def analysed_channels(energy, # energy axis (eV)
                       window=None, exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0),
@@ -135,8 +143,7 @@ def analyse_chunk(counts, # (m, n_E) measured counts of the chunk's pixels
         # vacuum pixels are not fitted at all: the others alone, with their own keys and kernels, give what they give in
         # the whole chunk (each pixel's fits depend on its data, kernel and key alone), so only the work changes
         keep = np.flatnonzero(~vac)
-        names = ["band_gap", "exponent"] + [x for i in range(len(exciton_windows or ())) for x in _peak_names(i)]
-        names += [] if bins is None else ["plasmon_position", "plasmon_width"]
+        names = [n for n in map_names(exciton_windows, plasmon_window) if n != "t_over_lambda"]   # (bins is None iff plasmon_window is)
         part, nf_k, reasons = ({}, np.zeros(0, np.int64), {}) if not len(keep) else analyse_chunk(
             np.asarray(counts)[keep], zlp[:, keep], e, inelastic=inelastic, window=window, exponent=exponent,
             exciton_windows=exciton_windows, plasmon_window=plasmon_window, exciton_min_height=exciton_min_height,

@@ -17,13 +17,13 @@ from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_ch
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
-from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, MAP_NAMES, _peak_names, jsonable
+from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, map_names, jsonable
 from .subtract import _positive
 
 # %% auto #0
 __all__ = ['ROW_CACHE_BYTES', 'QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY', 'LazySI',
-           'open_si', 'block_quality', 'map_names', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block',
-           'pass2_block', 'analyse_large', 'wants_large', 'load_large']
+           'open_si', 'block_quality', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block', 'pass2_block',
+           'analyse_large', 'wants_large', 'load_large']
 
 # %% ../nbs/14_large.ipynb #555aa4c8
 ROW_CACHE_BYTES = 2**29   # decompressed chunk rows a `LazySI` keeps (two at most): blocks thinner than the file's chunks
@@ -182,14 +182,6 @@ RUN_FILE, RESULTS_FILE = "work/run.json", "results.json"
 P1_NAMES = ("proxy", "log_total", "log_zlp_peak", "total", "flags", "n_repaired", "masked")
 P1_DTYPES = dict(proxy="float64", log_total="float64", log_zlp_peak="float64", total="float64", flags="uint16",
                  n_repaired="int32", masked="uint8")
-
-def map_names(exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0), analysis:str="full")->list:
-    "Quantities of a run, in the order of `eelsnb.image.MAP_NAMES`."
-    if analysis == "thickness": return ["t_over_lambda"]
-    names = ["band_gap", "exponent", "t_over_lambda"]
-    for i in range(len(exciton_windows or ())): names += list(_peak_names(i))
-    if plasmon_window is not None: names += ["plasmon_position", "plasmon_width"]
-    return sorted(names, key=lambda n: (MAP_NAMES + (n,)).index(n))
 
 def _store_names(names:list)->list:
     return [f"{n}__{w}" for n in names for w in ("median", "low", "high", "n_valid")] + ["n_failed"]
