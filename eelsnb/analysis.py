@@ -586,7 +586,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     V, S = (None, allc) if V is None else (allc[:m], allc[m:])
     fwhm = zlp_fwhm(S if V is None else V, e)
     # 2. training window per sample
-    win = find_dE1_dE2(S, e, reference_counts=V, dE1=dE1, dE2=dE2)
+    win = find_dE1_dE2(S, e, reference_counts=V, dE1=dE1, dE2=dE2, names=inp["names"])
     d1, d2 = (np.broadcast_to(np.asarray(v, float), (n,)).copy() for v in (win.dE1, win.dE2))
     win = Window(d1, d2, win.method, win.details)
     wins, jit, wdesc = _window_arg(window, n, fwhm, d1)   # checked before the (long) training

@@ -420,6 +420,7 @@ def find_dE1_dE2(sample_counts, # sample spectra (..., n_E) or a signal
                  n_sigma:float=2.0, # dE2: the ZLP is negligible once below n_sigma x the sample's noise
                  fit_window:tuple=(1.0, 2.5), # plateau (with reference) / power-law tail fit (without), in FWHM
                  per_spectrum:bool=True, # one value per spectrum; False: the median for the whole set
+                 names=None, # names of the spectra (flat order) for the messages; None: their indices
                 )->Window:
     "Data-driven training window (dE1, dE2) per spectrum, with user overrides."
     c, e = _inputs(sample_counts, energy, name="sample_counts")
@@ -467,9 +468,14 @@ def find_dE1_dE2(sample_counts, # sample spectra (..., n_E) or a signal
     i_sunk = _first_run(sunk, start, 2 * run) # where the ZLP first sinks into the noise
     i_dep = _first_run(ratio > plateau[:, None] * (1 + tolerance), start, run)
     i_dep = np.where((i_dep >= 0) & ((i_dep < i_sunk) | (i_sunk < 0)), i_dep, -1) # a departure counts only while the ZLP is measurable
-    if np.any(i_dep < 0) and dE1 is None:
-        raise ValueError(f"sample_counts: {int(np.sum(i_dep < 0))} spectra never depart from the ZLP reference before it "
-                         "sinks into the noise (no inelastic signal found); pass dE1 (and dE2) yourself.")
+    if np.any(i_dep < 0) and dE1 is None:   # say which spectra, and where the ZLP sinks there: dE1 a FWHM below that is a start
+        bad = np.flatnonzero(i_dep < 0)
+        sink = np.where(i_sunk[bad] >= 0, e[np.maximum(i_sunk[bad], 0)], e[-1])
+        nm = (lambda k: str(names[k])) if names is not None and len(names) == len(a) else (lambda k: f"#{k}")
+        hint = ", ".join(f"{nm(int(k))}: {s:.3g}" for k, s in zip(bad[:10], sink[:10])) + (", ..." if len(bad) > 10 else "")
+        raise ValueError(f"sample_counts: {len(bad)} of {len(a)} spectra never depart from the ZLP reference before it sinks "
+                         f"into the noise (no inelastic signal found; spectrum: sink energy in eV: {hint}); pass dE1 "
+                         f"(and dE2) yourself, e.g. dE1 = the sink energy - {backoff:g} x FWHM ({fw:.3g} eV), one value per spectrum.")
     e_dep = e[np.maximum(i_dep, 0)]
     f1 = np.maximum(e_dep - backoff * fw, fw)
     if dE1 is not None: f1 = _check_override("dE1", dE1, shape).reshape(-1).copy()

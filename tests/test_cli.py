@@ -137,6 +137,17 @@ def test_plain_text_needs_energy_range(capsys, tmp_path):
     assert_one_line_error(rc, err, "sample_14.txt", "--energy-range", "eV")
 
 
+def test_no_departure_names_the_file_and_where_to_put_dE1(capsys, tmp_path):
+    # monochromated WS2 (specimen3): sample_09's ratio to the vacuum reference never rises before the ZLP sinks into
+    # the noise. The one-line error names the file, the energy where its ZLP sinks, and the option, before any training.
+    S3 = data_dir() / "ws2" / "specimen3"
+    out = tmp_path / "o"
+    rc, _, err = run(capsys, ["spectra", "--vacuum", *sorted(S3.glob("vacuum_*.txt")), "--sample", *sorted(S3.glob("sample_*.txt")),
+                              "--out", out, "--energy-range", "-0.93", "9.07"])
+    assert_one_line_error(rc, err, "1 of 10 spectra never depart", "sample_09.txt: 2.", "pass dE1")
+    assert "sample_04" not in error_lines(err)[0] and "training" not in err and not out.exists()
+
+
 def test_existing_out_dir_is_refused(capsys, tmp_path):
     out = tmp_path / "out"; out.mkdir()
     (out / "notes.txt").write_text("mine")
