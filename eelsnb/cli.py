@@ -13,9 +13,10 @@ import numpy as np
 import eelsnb
 
 # %% auto #0
-__all__ = ['ONSET_HELP', 'RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line', 'quiet_loaders', 'load_spectra',
-           'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html', 'normal_modes', 'write_report',
-           'run_spectra', 'run_image', 'run_image_large', 'demo_files', 'run_demo', 'main']
+__all__ = ['ONSET_HELP', 'WS2_EXCITONS', 'PLASMON_WINDOW', 'RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line',
+           'quiet_loaders', 'load_spectra', 'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html',
+           'normal_modes', 'write_report', 'run_spectra', 'run_image', 'run_image_large', 'demo_files', 'run_demo',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #221a8e8f
 def _whole(lo:int, what:str):
@@ -68,6 +69,36 @@ def _add_onset_model(g, default:str):
     g.add_argument("--onset-model", choices=tuple(ONSET_HELP), default=default,
                    help="model of the band-gap onset: 'power' (" + ONSET_HELP["power"] + ") or 'excitons' ("
                         + ONSET_HELP["excitons"] + f"); results.json names it (default: {default})")
+
+# the peak searches' default windows, as `eelsnb.physics.WS2_EXCITON_WINDOWS` and the analyses' plasmon window (kept here so
+# that building the parser does not import the analysis modules; a test checks they agree)
+WS2_EXCITONS, PLASMON_WINDOW = ((1.8, 2.2), (2.2, 2.7)), (10.0, 40.0)
+
+def _add_peaks(g):
+    ws2 = " and ".join(f"{lo:g}-{hi:g}" for lo, hi in WS2_EXCITONS)
+    g.add_argument("--exciton", nargs=2, type=_finite, action="append", dest="excitons", metavar=("ELO", "EHI"),
+                   help="energy window (eV) of one exciton peak; repeat the option for each exciton, in order. Give your "
+                        f"material's: the default, {ws2} eV, are the A and B excitons of WS2")
+    g.add_argument("--no-excitons", action="store_true", help="no exciton search (default: off)")
+    g.add_argument("--plasmon-window", nargs=2, type=_finite, metavar=("EMIN", "EMAX"),
+                   help="energy window (eV) in which the bulk plasmon peak is sought "
+                        f"(default: {PLASMON_WINDOW[0]:g} {PLASMON_WINDOW[1]:g})")
+    g.add_argument("--no-plasmon", action="store_true",
+                   help="no plasmon search; on a large SI the maps then take about a quarter less time (default: off)")
+
+def _peak_windows(args, energy=None)->tuple:
+    "(exciton windows, plasmon window or None) from the options, checked (windows given must lie on `energy`, when given)."
+    ex, pl = getattr(args, "excitons", None), getattr(args, "plasmon_window", None)
+    no_ex, no_pl = getattr(args, "no_excitons", False), getattr(args, "no_plasmon", False)
+    if no_ex and ex: raise ValueError("--exciton and --no-excitons: give one or the other.")
+    if no_pl and pl: raise ValueError("--plasmon-window and --no-plasmon: give one or the other.")
+    for name, ws in (("--exciton", ex or []), ("--plasmon-window", [pl] if pl else [])):
+        for lo, hi in ws:
+            if not lo < hi: raise ValueError(f"{name} {lo:g} {hi:g}: the low edge must be below the high edge (eV).")
+            if energy is not None and not (energy[0] <= lo and hi <= energy[-1]):
+                raise ValueError(f"{name} {lo:g} {hi:g}: outside the energy axis ({_axis_text(energy)}).")
+    exc = () if no_ex else tuple(tuple(map(float, w)) for w in ex) if ex else WS2_EXCITONS
+    return exc, None if no_pl else tuple(map(float, pl)) if pl else PLASMON_WINDOW
 
 def _add_output(p, out_default:str|None=None):
     g = p.add_argument_group("output")
@@ -131,7 +162,7 @@ def build_parser()->argparse.ArgumentParser:
     g.add_argument("--exponent", type=_finite, metavar="B",
                    help="fix the onset exponent b in I ~ (E - E_bg)^b, e.g. 0.5 direct or 1.5 indirect "
                         "(default: fitted; power-law model only)")
-    _add_onset_model(g, "power"); _add_calibration(g)
+    _add_onset_model(g, "power"); _add_calibration(g); _add_peaks(g)
     _add_training(sp); _add_output(sp)
     sp.set_defaults(run=run_spectra)
 
@@ -154,6 +185,7 @@ def build_parser()->argparse.ArgumentParser:
                    help="pixels whose median t/lambda lies below T are vacuum: only their t/lambda is reported (beyond "
                         "dE2 the ZLP tail of vacuum would read as a band-gap onset). Mind monolayers: their t/lambda "
                         "can be 0.005-0.01 (default: off, every pixel is fitted)")
+    _add_peaks(g)
     g = ip.add_argument_group("large SIs (eelsnb.large: lazy, resumable, distributed)")
     g.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="run the map chunks on dask.distributed: 'local' (a LocalCluster on this machine) or the "
@@ -469,17 +501,20 @@ def run_spectra(args, log:Progress|None=None)->Path:
         raise ValueError("--calibrate: the calibration holds out part of the vacuum spectra; give them with --vacuum.")
     if onset_model == "excitons" and args.exponent is not None:
         raise ValueError("--exponent: a fixed exponent applies to the power law only; use --onset-model power with it.")
+    exc, plw = _peak_windows(args, energy)
     from eelsnb.analysis import analyse_spectra
     log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
         res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
                               max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
-                              progress=not args.quiet, onset_model=onset_model, calibrate=calibrate)
+                              progress=not args.quiet, onset_model=onset_model, calibrate=calibrate,
+                              exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
                 epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent,
-                onset_model=onset_model, calibrate=calibrate)
+                onset_model=onset_model, calibrate=calibrate, exciton_windows=[list(w) for w in exc],
+                plasmon_window=None if plw is None else list(plw))
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))
     if not args.quiet: _print_samples(res.to_dict())
     return out
@@ -508,15 +543,17 @@ def run_image(args, log:Progress|None=None)->Path:
         raise ValueError(f"SI_FILE {path.name}: expected a spectral image with 2 navigation axes (ny, nx), got "
                          f"{len(nav)} {tuple(nav)}; use `eelsnb spectra` for single spectra or stacks.")
     log(f"spectral image {nav[0]} x {nav[1]} pixels, {si.axes_manager.signal_shape[0]} channels")
+    from eelsnb.io import signal_energy
+    exc, plw = _peak_windows(args, signal_energy(si))
     from eelsnb.image import analyse_image
     log(f"analysing: {args.clusters} clusters, {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
         res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
                             seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet,
-                            vacuum_below=args.vacuum_below)
+                            vacuum_below=args.vacuum_below, exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                vacuum_below=args.vacuum_below)
+                vacuum_below=args.vacuum_below, exciton_windows=[list(w) for w in exc], plasmon_window=None if plw is None else list(plw))
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
     if not args.quiet:
         for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
@@ -524,6 +561,7 @@ def run_image(args, log:Progress|None=None)->Path:
 
 def run_image_large(args, path:Path, log:Progress)->Path:
     "`image` through `eelsnb.large.analyse_large`: DIR is the run's work directory; the same command resumes it."
+    exc, plw = _peak_windows(args)
     from eelsnb.large import analyse_large
     out = Path(args.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a directory.")
@@ -532,10 +570,12 @@ def run_image_large(args, path:Path, log:Progress)->Path:
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
         res = analyse_large(path, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
                             seed=args.seed, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
-                            max_memory=int(args.max_memory) * 2**20, progress=not args.quiet, vacuum_below=args.vacuum_below)
+                            max_memory=int(args.max_memory) * 2**20, progress=not args.quiet, vacuum_below=args.vacuum_below,
+                            exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below)
+                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below,
+                exciton_windows=[list(w) for w in exc], plasmon_window=None if plw is None else list(plw))
     write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
     normal_modes(out)                        # results.json, maps, report: readable like any other output
     log(f"done: open {out / REPORT_FILE}")

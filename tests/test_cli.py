@@ -58,9 +58,10 @@ def check_report(path, n_min=1):
 
 @pytest.mark.parametrize("command, options", [
     ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
-                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate"]),
+                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate",
+                 "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
     ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
-               "--debug", "--max-memory"]),
+               "--debug", "--max-memory", "--vacuum-below", "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
     ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model", "--calibrate"]),
 ])
 def test_help_explains_every_option(capsys, command, options):
@@ -214,6 +215,9 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     assert d["onset_model"]["name"] == "power" and d["cli"]["onset_model"] == "power"   # the default model, said so
     assert "band_gap_power" not in s and "band_gap_power" not in d["pooled"]
     assert d["spread_calibration"] is None and d["cli"]["calibrate"] is False        # the raw spread by default
+    # the peak searches' default windows: WS2's A and B excitons, the plasmon in 10-40 eV, said in results.json
+    assert d["cli"]["exciton_windows"] == [[1.8, 2.2], [2.2, 2.7]] and d["cli"]["plasmon_window"] == [10.0, 40.0]
+    assert [x["name"] for x in s["excitons"]] == ["A", "B"] and s["plasmon"] is not None
     assert (out / "model" / "model.json").is_file() and (out / "model" / "weights.safetensors").is_file()
     assert list(out.glob("**/*.hspy")), sorted(p.name for p in out.rglob("*"))
     h = check_report(out / "report.html")
@@ -251,6 +255,42 @@ def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
         if s[k]["median"] is not None: check_summary(s[k], k)
     assert {"band_gap_power", "exponent_power"} <= set(d["pooled"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
+
+
+def test_cli_peak_defaults_are_the_analyses_defaults():
+    "The parser keeps its own copy of the default windows (so that --help does not import the analysis modules)."
+    import inspect
+    from eelsnb.physics import WS2_EXCITON_WINDOWS
+    from eelsnb.analysis import analyse_spectra
+    from eelsnb.image import analyse_image
+    from eelsnb.large import analyse_large
+    assert tuple(map(tuple, cli.WS2_EXCITONS)) == tuple(map(tuple, WS2_EXCITON_WINDOWS))
+    for f in (analyse_spectra, analyse_image, analyse_large):
+        ps = inspect.signature(f).parameters
+        assert tuple(ps["plasmon_window"].default) == cli.PLASMON_WINDOW, f.__name__
+        assert tuple(map(tuple, ps["exciton_windows"].default)) == cli.WS2_EXCITONS, f.__name__
+
+
+def test_peak_windows_from_the_options(capsys, tmp_path):
+    "--exciton (repeated), --no-plasmon reach analyse_spectra and results.json; bad windows stop before any training."
+    base = ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", tmp_path / "bad"]
+    for extra, words in ((["--exciton", "2.2", "1.8"], ("--exciton 2.2 1.8", "below the high edge")),
+                         (["--plasmon-window", "30", "60"], ("--plasmon-window 30 60", "outside the energy axis")),
+                         (["--exciton", "1.8", "2.2", "--no-excitons"], ("--exciton and --no-excitons",)),
+                         (["--plasmon-window", "10", "30", "--no-plasmon"], ("--plasmon-window and --no-plasmon",))):
+        rc, _, err = run(capsys, base + extra)
+        assert_one_line_error(rc, err, *words)
+        assert "analysing" not in err and not (tmp_path / "bad").exists()
+    out = tmp_path / "o"
+    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", *ERANGE,
+                              "--replicas", "4", "--epochs", "200", "--quiet", "--out", out,
+                              "--exciton", "1.9", "2.1", "--exciton", "2.9", "3.4", "--no-plasmon"])
+    assert rc == 0, err[-3000:]
+    d = json.loads((out / "results.json").read_text())
+    assert d["cli"]["exciton_windows"] == [[1.9, 2.1], [2.9, 3.4]] and d["cli"]["plasmon_window"] is None
+    s = d["samples"][0]
+    assert [(x["name"], x["window"]) for x in s["excitons"]] == [("A", [1.9, 2.1]), ("B", [2.9, 3.4])]
+    assert s["plasmon"] is None
 
 
 def test_calibrate_scales_the_spread_on_held_out_vacuum(capsys, tmp_path):
@@ -291,7 +331,7 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     f = save(to_signal(si.counts, si.energy), tmp_path / "si.hspy")
     out = tmp_path / "img"
     rc, stdout, err = run(capsys, ["image", f, "--clusters", "3", "--replicas", "4", "--epochs", "300",
-                                   "--out", out])
+                                   "--out", out, "--exciton", "1.9", "2.2", "--no-plasmon"])
     assert rc == 0, err[-3000:]
     d = json.loads((out / "results.json").read_text())
     flat = dict(cli._summaries(d))
@@ -304,6 +344,10 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     assert named and named <= written, (named, written)     # the map files results.json names exist
     check_report(out / "report.html")
     assert d["cli"]["clusters"] == 3
+    # one exciton window and no plasmon search: exactly those maps
+    assert d["cli"]["exciton_windows"] == [[1.9, 2.2]] and d["cli"]["plasmon_window"] is None
+    maps = {k.split(".")[-1] for k in flat}
+    assert "exciton_position" in maps and not {m for m in maps if m.startswith(("exciton2", "plasmon"))}, sorted(maps)
 
 
 def _strings(d):
