@@ -16,9 +16,13 @@ Rows:
 - `replicas`: analysis='full' (band gap, exponent, t/lambda, excitons, plasmon per replica) on --full-size pixels,
   25/50/100/200 replicas, training included.
 
+- `variant` (with --variants): analysis='full' on --full-size pixels, 100 replicas, training included, with the plasmon
+  search left out (`noplasmon`: plasmon_window=None), the vacuum pixels left out (`vacuum`: vacuum_below=0.02), or both
+  (`noplasmon_vacuum`), beside the plain full analysis (`full`).
+
 Prints one JSON line per row; writes a log-log plot (cost versus spectra, cost versus replicas) to --plot.
 Usage: python benchmarks/si_scale.py [--sizes 100 316] [--full-size 40] [--replicas 25 50 100 200] [--epochs 300]
-       [--plot benchmarks/si_scale.png] [--quick]
+       [--variants full noplasmon vacuum noplasmon_vacuum] [--plot benchmarks/si_scale.png] [--quick]
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -60,6 +64,10 @@ import torch
 print("RESULT " + json.dumps(dict(seconds=dt, stages=res.seconds, peak_rss=me, peak_rss_child=ch, n_pixels=res.n_pixels, threads=torch.get_num_threads(),
                                   grid_nodes=res.grid.get("nodes"), chunk_pixels=res.grid.get("chunk_pixels"))))
 '''
+
+
+VARIANTS = {"full": {}, "noplasmon": dict(plasmon_window=None), "vacuum": dict(vacuum_below=0.02),
+            "noplasmon_vacuum": dict(plasmon_window=None, vacuum_below=0.02)}
 
 
 def run_row(path, out, kw, timeout):
@@ -108,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--dask-sizes", type=int, nargs="*", default=[100, 316], help="sizes also run on a 2-worker LocalCluster")
     ap.add_argument("--full-size", type=int, default=40, help="side of the scan of the replica rows (full analysis)")
     ap.add_argument("--replicas", type=int, nargs="*", default=[25, 50, 100, 200])
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="rows of the full analysis at --full-size, 100 replicas, with searches or pixels left out")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--plot", default="benchmarks/si_scale.png")
@@ -154,6 +164,18 @@ def main(argv=None):
                        seconds=round(r["seconds"], 2), stages={k: round(v, 2) for k, v in r["stages"].items()},
                        spectra_per_s=round(n / r["seconds"], 1), spectra_per_s_pass2=round(n / r["stages"]["pass2"], 1),
                        peak_rss_gib=round(r["peak_rss"] / 2**30, 3), grid_nodes=r["grid_nodes"], chunk_pixels=r["chunk_pixels"])
+            print(json.dumps(row), flush=True); rows.append(row)
+    if a.variants:
+        path = wd / f"si{a.full_size}.zspy"
+        if not path.exists(): write_si(a.full_size, a.full_size, min(a.tile, a.full_size), path)
+        for v in a.variants:
+            kw = dict(analysis="full", seed=0, n_clusters=5, n_replicas=100, max_epochs=a.epochs, **VARIANTS[v])
+            r = run_row(path, wd / f"variant{a.full_size}-{v}", kw, a.timeout)
+            n = a.full_size ** 2
+            row = dict(row="variant", variant=v, settings=VARIANTS[v], mode="serial", threads=r["threads"], spectra=n, channels=2048,
+                       replicas=100, analysis="full", trained=True, seconds=round(r["seconds"], 2),
+                       stages={k: round(v_, 2) for k, v_ in r["stages"].items()}, spectra_per_s=round(n / r["seconds"], 1),
+                       spectra_per_s_pass2=round(n / r["stages"]["pass2"], 1), peak_rss_gib=round(r["peak_rss"] / 2**30, 3))
             print(json.dumps(row), flush=True); rows.append(row)
     if a.plot and rows: plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot))))
     return rows

@@ -84,7 +84,7 @@ def _add_peaks(g):
                    help="energy window (eV) in which the bulk plasmon peak is sought "
                         f"(default: {PLASMON_WINDOW[0]:g} {PLASMON_WINDOW[1]:g})")
     g.add_argument("--no-plasmon", action="store_true",
-                   help="no plasmon search; on a large SI the maps then take about a quarter less time (default: off)")
+                   help="no plasmon search; on a large SI the maps then take about a fifth less time (default: off)")
 
 def _peak_windows(args, energy=None)->tuple:
     "(exciton windows, plasmon window or None) from the options, checked (windows given must lie on `energy`, when given)."
