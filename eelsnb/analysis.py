@@ -375,12 +375,12 @@ class SpectraResults:
         d = self.to_dict()
         names = list(self.exciton_names)
         tag = "" if self.onset_model == "power" else f", {self.onset_model}"
-        head = ["sample", f"E_bg (eV{tag})", f"b{' (' + self.onset_model + ')' if tag else ''}", "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits"]
+        head = ["sample", f"E_bg (eV{tag})", f"b{' (' + self.onset_model + ')' if tag else ''}", "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits", "edge fits"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in d["samples"]:
             cells = [s["file"], g(s["band_gap"], 2), g(s["exponent"], 2), g(s["t_over_lambda"], 3),
                      *[pk(x["position"]) for x in s["excitons"]], "n/a" if s["plasmon"] is None else pk(s["plasmon"]["position"]),
-                     f"{s['dE1']:.2f}", f"{s['dE2']:.2f}", f"{s['n_failed']}/{s['n_replicas']}"]
+                     f"{s['dE1']:.2f}", f"{s['dE2']:.2f}", f"{s['n_failed']}/{s['n_replicas']}", f"{s['n_at_edge']}/{s['n_replicas']}"]
             lines.append("| " + " | ".join(cells) + " |")
         p = d["pooled"]
         lines.append("| all (pooled) | " + " | ".join([g(p["band_gap"], 2), g(p["exponent"], 2), g(p["t_over_lambda"], 3)] + [""] * (len(head) - 4)) + " |")

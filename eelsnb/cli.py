@@ -360,7 +360,8 @@ def _summaries(d, prefix="")->list:
 
 _SAMPLE_COLS = (("band_gap", "band gap (eV)"), ("exponent", "exponent b"), ("band_gap_power", "band gap, power law (eV)"),
                 ("exponent_power", "b, power law"), ("t_over_lambda", "t/&lambda;"),
-                ("dE1", "dE1 (eV)"), ("dE2", "dE2 (eV)"), ("n_failed", "failed fits"))
+                ("dE1", "dE1 (eV)"), ("dE2", "dE2 (eV)"), ("n_failed", "failed fits"),
+                ("n_at_edge", "fits kept on an edge or bound"), ("n_at_edge_power", "on an edge or bound, power law"))
 
 def _cell(v)->str:
     if _is_summary(v): return html.escape(format_summary(v))

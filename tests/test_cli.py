@@ -222,6 +222,7 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     assert list(out.glob("**/*.hspy")), sorted(p.name for p in out.rglob("*"))
     h = check_report(out / "report.html")
     assert "sample_14.txt" in h and "band gap" in h
+    assert "failed fits" in h and "fits kept on an edge or bound" in h and isinstance(s["n_at_edge"], int)
     assert "sample_14.txt: band gap" in stdout
     # every file and directory written has the modes of ordinary ones (0644/0755 with umask 022), none is private
     (tmp_path / "plain.txt").write_text("x"); (tmp_path / "plain").mkdir()
