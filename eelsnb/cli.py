@@ -562,8 +562,8 @@ def run_image(args, log:Progress|None=None)->Path:
 
 def run_image_large(args, path:Path, log:Progress)->Path:
     "`image` through `eelsnb.large.analyse_large`: DIR is the run's work directory; the same command resumes it."
-    exc, plw = _peak_windows(args)
-    from eelsnb.large import analyse_large
+    from eelsnb.large import analyse_large, open_si
+    with quiet_loaders(): exc, plw = _peak_windows(args, open_si(path).energy)   # the windows given lie on the SI's axis
     out = Path(args.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a directory.")
     log(f"large-SI pipeline into {out} (lazy, resumable" + (f", scheduler {args.scheduler}, {args.workers} workers)"

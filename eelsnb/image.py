@@ -21,8 +21,8 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
 
 # %% auto #0
 __all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'map_names', 'analysed_channels',
-           'analysed_layout', 't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk', 'jsonable', 'ImageResults',
-           'torch_threads', 'analyse_image']
+           'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk',
+           'jsonable', 'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -47,6 +47,7 @@ def analysed_channels(energy, # energy axis (eV)
                      )->tuple: # (band-gap crop, [crop per exciton window] + [plasmon crop], slice spanning them all)
     "The channels `analyse_chunk` looks at: the band-gap search range with the ZLP's kernel range around 0 eV, the peak windows."
     e, bkw = check_energy(energy), dict(bandgap_kw or {})
+    for w in (exciton_windows or ()): peak_bins(e, w, None, exciton_smooth)   # each exciton window holds its 5 channels (as `find_peaks` checks)
     kr = float(bkw.get("kernel_range", 3.0))
     search = bkw.get("search", (0.2, 10.0))
     hi = max(float(search[1]), float(window[1]) + 0.2 if window is not None else 0.0)
@@ -64,6 +65,27 @@ def analysed_layout(energy, # energy axis (eV)
     only their sums over its bins, channels A:B taken f at a time (`zlp_bins`: 8x fewer values)."""
     cb, crops, _ = analysed_channels(energy, window, exciton_windows, plasmon_window, exciton_smooth, bandgap_kw)
     return _layout(check_energy(energy), cb, crops, len(exciton_windows or ()), plasmon_window)
+
+def peak_windows_on(energy, # energy axis (eV)
+                    exciton_windows=WS2_EXCITON_WINDOWS, plasmon_window=(10.0, 40.0), # as in `analyse_chunk`
+                    what:str="the SI", # what the axis belongs to (for the warning)
+                   )->tuple: # (exciton windows on the axis, plasmon window or None)
+    """The peak windows that lie on the energy axis; the others are left out with a warning, as `analyse_spectra` does
+    (an SI recorded to 9 eV has no plasmon in the default 10-40 eV). Windows that are not pairs of numbers are kept,
+    for the analysis' own checks to name."""
+    e = check_energy(energy)
+    def on(w):
+        try: lo, hi = (float(v) for v in w)
+        except (TypeError, ValueError): return True
+        return e[0] <= lo and hi <= e[-1]
+    ex = tuple(exciton_windows or ())
+    keep, off = tuple(w for w in ex if on(w)), [w for w in ex if not on(w)]
+    if plasmon_window is not None and not on(plasmon_window): off.append(plasmon_window); plasmon_window = None
+    if off:
+        warnings.warn(f"peak windows {[tuple(map(float, w)) for w in off]} eV do not lie on the energy axis of {what} "
+                      f"({e[0]:.4g}..{e[-1]:.4g} eV): no peak is sought there (pass exciton_windows= and plasmon_window= "
+                      "for this axis, or --exciton / --plasmon-window / --no-plasmon).", stacklevel=2)
+    return keep, plasmon_window
 
 def _layout(e, cb, crops, n_exc:int, plasmon_window)->tuple:
     "`analysed_layout` from `analysed_channels`' crops."
@@ -456,6 +478,9 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     t0 = time.perf_counter()
     vacuum_below = check_vacuum_below(vacuum_below)
     flat, shape, e, nav_axes, title = _si_source(si, energy)
+    # the peak windows on this axis, and the analysis' channels checked, before any work
+    exciton_windows, plasmon_window = peak_windows_on(e, exciton_windows, plasmon_window)
+    analysed_layout(e, window, exciton_windows, plasmon_window, dict(peak_kw or {}).get("exciton_smooth", 0.1), bandgap_kw)
     if len(shape) != 2:
         raise ValueError(f"si: expected a spectral image with two navigation axes (ny, nx, n_E), got {len(shape)} "
                          f"({shape}); for spectra use eelsnb.analysis.analyse_spectra.")

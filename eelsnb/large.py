@@ -17,7 +17,8 @@ from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_ch
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
-from .image import analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults, map_names, jsonable
+from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults,
+                          map_names, jsonable, peak_windows_on)
 from .subtract import _positive
 
 # %% auto #0
@@ -535,6 +536,9 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     rows = _positive("rows", rows) if rows is not None else max(1, min(ny, round(4096 / nx)))
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
     chunk_pixels = _positive("chunk_pixels", chunk_pixels)
+    if analysis == "full":   # the peak windows on this axis, and the analysis' channels checked, before any work
+        exciton_windows, plasmon_window = peak_windows_on(e, exciton_windows, plasmon_window)
+        analysed_layout(e, window, exciton_windows, plasmon_window, dict(peak_kw or {}).get("exciton_smooth", 0.1), bandgap_kw)
     names = map_names(exciton_windows, plasmon_window, analysis)
     akw = dict(window=window, exponent=exponent, exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), bandgap_kw=bandgap_kw,

@@ -394,6 +394,10 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     si = synthetic_si(shape=(12, 16), n_terraces=2, band_gaps=(1.5,), seed=4)
     f = save(to_signal(si.counts.astype(np.float32), si.energy), tmp_path / "si.zspy")
     out = tmp_path / "big"
+    # a peak window off the SI's axis (-3..48 eV) stops with one line before any work, nothing written
+    rc, _, err = run(capsys, ["image", f, "--out", out, "--exciton", "45", "55"])
+    assert_one_line_error(rc, err, "--exciton 45 55", "outside the energy axis")
+    assert not out.exists()
     argv = ["image", f, "--clusters", "2", "--replicas", "4", "--epochs", "300", "--out", out]
     rc, stdout, err = run(capsys, argv)
     assert rc == 0, err[-3000:]
