@@ -153,10 +153,12 @@ def build_parser()->argparse.ArgumentParser:
                         "required for plain-text files (.txt, .csv, .dat, .tsv), which carry no axis, and "
                         "ignored with a note for files that do (default: none)")
     g = sp.add_argument_group("analysis")
-    g.add_argument("--dE1", type=_finite, metavar="EV",
-                   help="end of the ZLP training window (eV), for every sample (default: found from the data)")
-    g.add_argument("--dE2", type=_finite, metavar="EV",
-                   help="energy beyond which the ZLP is taken as zero (eV) (default: found from the data)")
+    g.add_argument("--dE1", type=_finite, nargs="+", metavar="EV",
+                   help="end of the ZLP training window (eV): one value for every sample, or one per sample in the order "
+                        "of --sample (default: found from the data)")
+    g.add_argument("--dE2", type=_finite, nargs="+", metavar="EV",
+                   help="energy beyond which the ZLP is taken as zero (eV): one value, or one per sample (default: found "
+                        "from the data)")
     g.add_argument("--window", nargs=2, type=_finite, metavar=("ELO", "EHI"),
                    help="band-gap onset fit window (eV) (default: found per spectrum and varied across replicas)")
     g.add_argument("--exponent", type=_finite, metavar="B",
@@ -493,8 +495,14 @@ def run_spectra(args, log:Progress|None=None)->Path:
     if args.vacuum:
         vacuum, _, _ = load_spectra(args.vacuum, args.energy_range, "--vacuum", log.note, energy=energy)
     log(f"{len(samples)} sample and {0 if vacuum is None else len(vacuum)} vacuum spectra, {_axis_text(energy)}")
-    if args.dE1 is not None and args.dE2 is not None and not args.dE1 < args.dE2:
-        raise ValueError(f"--dE1 ({args.dE1:g} eV) must be below --dE2 ({args.dE2:g} eV).")
+    def per_sample(v, name):   # None, one value for all samples, or one per sample
+        if v is None: return None
+        if len(v) not in (1, len(samples)):
+            raise ValueError(f"{name}: give one value for every sample or one per sample ({len(samples)}), got {len(v)}.")
+        return float(v[0]) if len(v) == 1 else [float(x) for x in v]
+    dE1, dE2 = per_sample(args.dE1, "--dE1"), per_sample(args.dE2, "--dE2")
+    if dE1 is not None and dE2 is not None and not np.all(np.asarray(dE1) < np.asarray(dE2)):
+        raise ValueError(f"--dE1 ({dE1} eV) must be below --dE2 ({dE2} eV), sample by sample.")
     if args.window is not None and not args.window[0] < args.window[1]:
         raise ValueError(f"--window: ELO ({args.window[0]:g}) must be below EHI ({args.window[1]:g}) (eV).")
     onset_model, calibrate = getattr(args, "onset_model", "power"), bool(getattr(args, "calibrate", False))
@@ -507,13 +515,13 @@ def run_spectra(args, log:Progress|None=None)->Path:
     log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
         res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
-                              max_epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2,
+                              max_epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
                               progress=not args.quiet, onset_model=onset_model, calibrate=calibrate,
                               exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
-                epochs=args.epochs, seed=args.seed, dE1=args.dE1, dE2=args.dE2, window=args.window, exponent=args.exponent,
+                epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2, window=args.window, exponent=args.exponent,
                 onset_model=onset_model, calibrate=calibrate, exciton_windows=[list(w) for w in exc],
                 plasmon_window=None if plw is None else list(plw))
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))

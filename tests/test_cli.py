@@ -258,6 +258,22 @@ def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
     assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
 
 
+def test_dE1_one_value_or_one_per_sample(capsys, tmp_path):
+    "--dE1/--dE2 take one value for every sample or one per sample (as the no-departure message suggests)."
+    two = ["--sample", WS2 / "sample_14.txt", WS2 / "sample_15.txt", "--vacuum", WS2 / "vacuum_17.txt", *ERANGE]
+    rc, _, err = run(capsys, ["spectra", *two, "--dE1", "1.4", "1.5", "1.6", "--out", tmp_path / "bad"])
+    assert_one_line_error(rc, err, "--dE1", "one per sample (2), got 3")
+    rc, _, err = run(capsys, ["spectra", *two, "--dE1", "1.4", "8", "--dE2", "7", "--out", tmp_path / "bad"])
+    assert_one_line_error(rc, err, "must be below --dE2", "sample by sample")
+    assert "analysing" not in err and not (tmp_path / "bad").exists()
+    out = tmp_path / "o"
+    rc, _, err = run(capsys, ["spectra", *two, "--dE1", "1.4", "1.5", "--replicas", "4", "--epochs", "200", "--quiet",
+                              "--no-plasmon", "--out", out])
+    assert rc == 0, err[-3000:]
+    d = json.loads((out / "results.json").read_text())
+    assert [s["dE1"] for s in d["samples"]] == [1.4, 1.5] and d["cli"]["dE1"] == [1.4, 1.5]
+
+
 def test_cli_peak_defaults_are_the_analyses_defaults():
     "The parser keeps its own copy of the default windows (so that --help does not import the analysis modules)."
     import inspect
