@@ -100,6 +100,10 @@ def _peak_windows(args, energy=None)->tuple:
     exc = () if no_ex else tuple(tuple(map(float, w)) for w in ex) if ex else WS2_EXCITONS
     return exc, None if no_pl else tuple(map(float, pl)) if pl else PLASMON_WINDOW
 
+def _windows_info(exc, plw)->dict:
+    "The peak windows as recorded in results.json's `cli` entry."
+    return dict(exciton_windows=[list(w) for w in exc], plasmon_window=None if plw is None else list(plw))
+
 def _add_output(p, out_default:str|None=None):
     g = p.add_argument_group("output")
     if out_default is None:
@@ -522,8 +526,7 @@ def run_spectra(args, log:Progress|None=None)->Path:
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
                 epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2, window=args.window, exponent=args.exponent,
-                onset_model=onset_model, calibrate=calibrate, exciton_windows=[list(w) for w in exc],
-                plasmon_window=None if plw is None else list(plw))
+                onset_model=onset_model, calibrate=calibrate, **_windows_info(exc, plw))
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))
     if not args.quiet: _print_samples(res.to_dict())
     return out
@@ -562,7 +565,7 @@ def run_image(args, log:Progress|None=None)->Path:
                             vacuum_below=args.vacuum_below, exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                vacuum_below=args.vacuum_below, exciton_windows=[list(w) for w in exc], plasmon_window=None if plw is None else list(plw))
+                vacuum_below=args.vacuum_below, **_windows_info(exc, plw))
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
     if not args.quiet:
         for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
@@ -571,20 +574,20 @@ def run_image(args, log:Progress|None=None)->Path:
 def run_image_large(args, path:Path, log:Progress)->Path:
     "`image` through `eelsnb.large.analyse_large`: DIR is the run's work directory; the same command resumes it."
     from eelsnb.large import analyse_large, open_si
-    with quiet_loaders(): exc, plw = _peak_windows(args, open_si(path).energy)   # the windows given lie on the SI's axis
+    with quiet_loaders(): src = open_si(path)               # opened once: its checks, and the windows given on its axis
+    exc, plw = _peak_windows(args, src.energy)
     out = Path(args.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a directory.")
     log(f"large-SI pipeline into {out} (lazy, resumable" + (f", scheduler {args.scheduler}, {args.workers} workers)"
                                                            if args.scheduler else ")"))
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
-        res = analyse_large(path, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
+        res = analyse_large(src, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
                             seed=args.seed, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
                             max_memory=int(args.max_memory) * 2**20, progress=not args.quiet, vacuum_below=args.vacuum_below,
                             exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below,
-                exciton_windows=[list(w) for w in exc], plasmon_window=None if plw is None else list(plw))
+                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below, **_windows_info(exc, plw))
     write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
     normal_modes(out)                        # results.json, maps, report: readable like any other output
     log(f"done: open {out / REPORT_FILE}")

@@ -478,9 +478,10 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     t0 = time.perf_counter()
     vacuum_below = check_vacuum_below(vacuum_below)
     flat, shape, e, nav_axes, title = _si_source(si, energy)
-    # the peak windows on this axis, and the analysis' channels checked, before any work
+    # the peak windows on this axis, and the channels the analysis reads (checked), before any work
     exciton_windows, plasmon_window = peak_windows_on(e, exciton_windows, plasmon_window)
-    analysed_layout(e, window, exciton_windows, plasmon_window, dict(peak_kw or {}).get("exciton_smooth", 0.1), bandgap_kw)
+    pk = dict(peak_kw or {})
+    used, bins, _ = analysed_layout(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
     if len(shape) != 2:
         raise ValueError(f"si: expected a spectral image with two navigation axes (ny, nx, n_E), got {len(shape)} "
                          f"({shape}); for spectra use eelsnb.analysis.analyse_spectra.")
@@ -505,8 +506,6 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     R, nE = ensemble.n_replicas, len(e)
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
     if grid is not None and grid.ensemble is not ensemble: raise ValueError("grid: built for another ensemble; leave grid=None.")
-    pk = dict(peak_kw or {})
-    used, bins, _ = analysed_layout(e, window, exciton_windows, plasmon_window, pk.get("exciton_smooth", 0.1), bandgap_kw)
     it = subtract_image(ensemble, counts, e, grid=grid, chunk_pixels=chunk_pixels, max_memory=max_memory,
                         conditions=conditions, reuse=True, tol=tol, seed=seed, channels=used,   # chunks keep the analysed channels,
                         bins=bins)                                                              # and the plasmon's bin sums
