@@ -24,7 +24,7 @@ Prints one JSON line per row; writes a log-log plot (cost versus spectra, cost v
 Usage: python benchmarks/si_scale.py [--sizes 100 316] [--full-size 40] [--replicas 25 50 100 200] [--epochs 300]
        [--variants full noplasmon vacuum noplasmon_vacuum] [--plot benchmarks/si_scale.png] [--quick]
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 WRITE = r'''
@@ -110,29 +110,8 @@ def plot(rows, path):
     fig.tight_layout(); fig.savefig(path, dpi=100)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 316], help="square scans (pixels per side) of the thickness rows; none: no such rows")
-    ap.add_argument("--dask-sizes", type=int, nargs="*", default=[100, 316], help="sizes also run on a 2-worker LocalCluster")
-    ap.add_argument("--full-size", type=int, default=40, help="side of the scan of the replica rows (full analysis)")
-    ap.add_argument("--replicas", type=int, nargs="*", default=[25, 50, 100, 200])
-    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
-                    help="rows of the full analysis at --full-size, 100 replicas, with searches or pixels left out")
-    ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--tile", type=int, default=64)
-    ap.add_argument("--plot", default="benchmarks/si_scale.png")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--model", default=None, help="a trained model (or run) directory for the scale rows (no training)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    ap.add_argument("--replot", nargs="*", default=None, help="only redraw the plot from files of JSON lines printed earlier")
-    a = ap.parse_args(argv)
-    if a.replot:
-        rows = [json.loads(l) for f in a.replot for l in open(f) if l.startswith('{"row"')]
-        plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot)))); return rows
-    if a.quick: a.sizes, a.dask_sizes, a.full_size, a.replicas, a.epochs, a.tile = [48], [48], 24, [10, 20], 60, 24
-    wd = Path(a.workdir or tempfile.mkdtemp(prefix="si_scale-"))
-    wd.mkdir(parents=True, exist_ok=True)
+def _rows(a, wd:Path)->list:
+    "The benchmark rows (printed as they come), with the SIs and runs in `wd`."
     rows, model = [], a.model
     for n in a.sizes:
         path = wd / f"si{n}.zspy"
@@ -177,6 +156,37 @@ def main(argv=None):
                        stages={k: round(v_, 2) for k, v_ in r["stages"].items()}, spectra_per_s=round(n / r["seconds"], 1),
                        spectra_per_s_pass2=round(n / r["stages"]["pass2"], 1), peak_rss_gib=round(r["peak_rss"] / 2**30, 3))
             print(json.dumps(row), flush=True); rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 316], help="square scans (pixels per side) of the thickness rows; none: no such rows")
+    ap.add_argument("--dask-sizes", type=int, nargs="*", default=[100, 316], help="sizes also run on a 2-worker LocalCluster")
+    ap.add_argument("--full-size", type=int, default=40, help="side of the scan of the replica rows (full analysis)")
+    ap.add_argument("--replicas", type=int, nargs="*", default=[25, 50, 100, 200])
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="rows of the full analysis at --full-size, 100 replicas, with searches or pixels left out")
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--tile", type=int, default=64)
+    ap.add_argument("--plot", default="benchmarks/si_scale.png")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--model", default=None, help="a trained model (or run) directory for the scale rows (no training)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    ap.add_argument("--replot", nargs="*", default=None, help="only redraw the plot from files of JSON lines printed earlier")
+    a = ap.parse_args(argv)
+    if a.replot:
+        rows = [json.loads(l) for f in a.replot for l in open(f) if l.startswith('{"row"')]
+        plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot)))); return rows
+    if a.quick: a.sizes, a.dask_sizes, a.full_size, a.replicas, a.epochs, a.tile = [48], [48], 24, [10, 20], 60, 24
+    # without --workdir the SIs (0.8 GB at 316 x 316) and the runs go to a temporary directory that is removed at the end,
+    # however the run ends; a --workdir is kept (and its SIs reused by the next run)
+    wd = Path(a.workdir or tempfile.mkdtemp(prefix="si_scale-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    try: rows = _rows(a, wd)
+    finally:
+        if a.workdir is None: shutil.rmtree(wd, ignore_errors=True)
     if a.plot and rows: plot(rows, a.plot); print(json.dumps(dict(plot=str(a.plot))))
     return rows
 
