@@ -123,6 +123,7 @@ def analyse_group(group:dict, # from `make_group`
                   cache:str|None=None, # .npz file of this group's ZLP replicas: loaded when it exists, else written after training
                   twins:bool=False, # also train a twin ensemble (other initial weights, the same data replicas): network-to-network spread
                   calibrate:bool=False, # scale the ZLP spread by its calibration on the held-out vacuum counts
+                  refine:float|None=None, # k: where dE1 ends up less than 1 FWHM below the fitted gap, train again with dE1 = gap - k FWHM
                  )->dict:
     """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
     With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
@@ -163,6 +164,10 @@ def analyse_group(group:dict, # from `make_group`
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cache, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, dE2=d2,
                                 dE1_fallback=fallback, train_s=t_train, chi2_valid=chi2_valid, outliers=n_out)
+    if refine is not None:
+        zlp, zv, d1, refined, t2 = _refined(group, smp, vac, e, zlp, zv, d1, d2, refine, n_replicas, max_epochs, seed, read_noise,
+                                            calibrate, fit_kw, ensemble_kw, drop_outliers, cache)
+        t_train += t2
     zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
     # the spread calibration from the held-out vacuum counts, and (a diagnostic only the truth allows) the factor the
     # samples' own true ZLPs between dE1 and dE2 would have asked for
@@ -194,9 +199,48 @@ def analyse_group(group:dict, # from `make_group`
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
                spread_scale=cal.scale, spread_scale_applied=applied, spread_scale_oracle=oracle,
                vacuum_coverage_before=cal.coverage_before, **raw)
+    if refine is not None: out["refined"] = refined
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
     return out
+
+
+def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, seed, read_noise, calibrate, fit_kw, ensemble_kw,
+             drop_outliers, cache):
+    """dE1 refinement: fit the band gap with the first ensemble; where dE1 lies less than 1 FWHM below the fitted median gap
+    (the sample's onset, blurred by the resolution, then reaches into the ZLP training data), set dE1 = gap - k FWHM
+    (at least 1 FWHM) and train once more. Returns the new ZLP replicas (samples, vacuum), dE1, the refined mask and
+    the training seconds (cached beside `cache`)."""
+    from eelsnb.analysis import zlp_fwhm
+    from eelsnb.bandgap import fit_band_gap
+    from eelsnb.replicas import training_set_from_spectra, sigma_poisson
+    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.subtract import calibrate_spread, scale_spread
+    fw = zlp_fwhm(vac, e)
+    z = zlp
+    if calibrate:
+        cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
+        z = scale_spread(zlp, cal.scale)
+    g = fit_band_gap(smp[None] - z, e, resolution=z, seed=seed, **{"spread_scale": cal.scale if calibrate else 1.0, **(fit_kw or {})})
+    gap = g.summary("band_gap").median
+    refined = np.isfinite(gap) & (d1 > gap - fw)
+    if not refined.any(): return zlp, zv, d1, refined, 0.0
+    d1 = np.where(refined, np.maximum(gap - k * fw, fw), d1)
+    rc = None if cache is None else str(cache).replace(".npz", f"_refine{k:g}.npz")
+    if rc is not None and Path(rc).exists():
+        c = np.load(rc)
+        return c["zlp"].astype(float), c["zlp_vacuum"].astype(float), c["dE1"], c["refined"], float(c["train_s"])
+    nv = len(vac)
+    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+    ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed, read_noise=read_noise)
+    ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, progress_bar=False, accelerator="cpu",
+                      **(ensemble_kw or {})).fit(ts)
+    if drop_outliers and np.any(ens.outliers): ens = ens.drop_outliers()
+    zlp, zv = ens.predict_for(smp, e), ens.predict_for(vac, e)
+    if rc is not None:
+        np.savez_compressed(rc, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, refined=refined,
+                            train_s=ens.fit_seconds)
+    return zlp, zv, d1, refined, ens.fit_seconds
 
 
 def _twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g, cache=None)->dict:
@@ -247,6 +291,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 calibrate:bool=False, # scale each group's ZLP spread by its held-out vacuum calibration
                 fwhm:float|None=None, # ZLP FWHM (eV) instead of the preset's (its axis and dose stay)
                 thicknesses=THICKNESSES, # t/lambda of the samples (cycled)
+                refine:float|None=None, # dE1 refinement (see `analyse_group`)
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -260,7 +305,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate)
+                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine)
         recs.append(r)
         if progress:
             f = figures([r])
@@ -371,6 +416,8 @@ def main(argv=None)->dict:
                     "weights) and report how much of the band-gap spread is the networks' own scatter")
     ap.add_argument("--cache", default=None, help="directory for the trained ZLP replicas per group: reused when present "
                     "(re-fit the band gap without training again)")
+    ap.add_argument("--refine", type=float, default=None, metavar="K", help="where dE1 lies less than 1 FWHM below a sample's "
+                    "fitted gap, set dE1 = gap - K FWHM and train once more (an experiment: 09, 'Moving dE1 below the fitted gap')")
     ap.add_argument("--calibrate", action="store_true", help="scale the ZLP spread by its held-out vacuum calibration "
                     "(eelsnb.subtract.calibrate_spread) and fit with spread_scale= the factor; the raw figures are kept "
                     "beside (band_gap_raw)")
@@ -382,7 +429,8 @@ def main(argv=None)->dict:
     res = run_closure(seeds=tuple(range(a.first_seed, a.first_seed + a.groups)), n_samples=a.samples,
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
-                      cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate, fwhm=a.fwhm, thicknesses=tuple(a.thicknesses))
+                      cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate, fwhm=a.fwhm, thicknesses=tuple(a.thicknesses),
+                      refine=a.refine)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())
