@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #5ef1984e
 from __future__ import annotations
-import argparse, contextlib, datetime, html, json, math, os, shlex, shutil, sys, tempfile, time, traceback
+import argparse, contextlib, datetime, errno, html, json, math, os, shlex, shutil, sys, tempfile, time, traceback
 from importlib import metadata
 from pathlib import Path
 
@@ -631,7 +631,11 @@ def main(argv:list|None=None, # arguments without the program name; None: sys.ar
         return 130
     except (ValueError, TypeError, OSError) as err:
         if args.debug: traceback.print_exc()
-        print(f"eelsnb: error: {one_line(err)}", file=sys.stderr, flush=True)
+        hint = ""
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):   # the disk (or quota) is full
+            hint = ("; free some space (or give an --out on another disk) and run the same command again. A spectra, "
+                    "demo or in-memory image run left --out as it was; a large-SI run resumes from the chunks it finished")
+        print(f"eelsnb: error: {one_line(err)}{hint}", file=sys.stderr, flush=True)
         return 2
     except Exception as err:
         if args.debug: raise

@@ -1,6 +1,6 @@
 """The `eelsnb` command: options and help, one-line errors, --out safety, and real runs through `main`
 (spectra on the bundled WS2 data, image on a small synthetic SI saved as .hspy, the demo's wiring)."""
-import json, subprocess, sys, types
+import errno, json, subprocess, sys, types
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,22 @@ def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]     # no staging directory left behind
     with pytest.raises(RuntimeError, match="disk on fire"): main([str(a) for a in argv + ["--debug"]])
     assert json.loads((out / "results.json").read_text()) == {"old": True}
+
+def test_full_disk_says_so_and_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
+    fake = types.ModuleType("eelsnb.analysis"); fake.analyse_spectra = lambda *a, **k: _Fake()
+    monkeypatch.setitem(sys.modules, "eelsnb.analysis", fake)
+    out = tmp_path / "out"; out.mkdir(); (out / "results.json").write_text('{"old": true}')
+    def full(path, *a, **k): raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(cli, "write_report", lambda results, path, **k: full(path))
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out, "--overwrite"])
+    assert_one_line_error(rc, err, "No space left on device", "free some space", "left --out as it was")
+    assert json.loads((out / "results.json").read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]     # no staging directory left behind
+    def other(path, *a, **k): raise OSError(errno.EACCES, "Permission denied", str(path))   # other OS errors: no such hint
+    monkeypatch.setattr(cli, "write_report", lambda results, path, **k: other(path))
+    rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out, "--overwrite"])
+    assert_one_line_error(rc, err, "Permission denied")
+    assert "free some space" not in err
 
 
 # ---------------------------------------------------------------- real runs
