@@ -50,14 +50,14 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
                 passes:int=2, # detection passes (two-channel spikes need two)
                )->tuple: # (repaired counts (..., n_E), spike mask (..., n_E) bool)
     "Find single- and two-channel spikes far above the local quadratic of their neighbours; replace them by it."
-    x = np.array(counts, dtype=np.float64, copy=True)
-    shape, n = x.shape, x.shape[-1]
-    x = x.reshape(-1, n)
-    spikes = np.zeros(x.shape, bool)
+    out = np.array(counts, dtype=np.float64, copy=True)
+    shape, n = out.shape, out.shape[-1]
+    out = out.reshape(-1, n)
+    spikes = np.zeros(out.shape, bool)
     pad = lambda a, h: np.pad(a, [(0, 0), (h, h)], mode="edge")
-    rows = np.arange(len(x))   # every test below is row by row: a later pass needs only the spectra the last one changed
+    rows = np.arange(len(out))   # every test below is row by row: a later pass needs only the spectra the last one changed
     for _ in range(int(passes)):
-        xa, x = x, x[rows]
+        x = out if len(rows) == len(out) else out[rows]   # the spectra of this pass (all of them: in place)
         p = np.minimum(_predict(x), _predict(x, skip=True))
         m5 = _running_median(pad(x, 2), 5, n)   # running medians: a compare-exchange network (5), np.partition on sliding windows (11)
         ref = np.maximum(p, m5) # a spike's neighbour has p far below (the spike pulls it), never m5
@@ -77,11 +77,11 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
         scale = 1.4826 * np.median(np.abs(z1 - np.median(z1, axis=-1, keepdims=True)), axis=-1, keepdims=True) / np.sqrt(1 + 34 / 36)
         hit = (z > k * np.maximum(scale, 1e-3)) & (x - ref > rel * np.maximum(ref, rn))
         x[hit] = p[hit] # the channel's own prediction is not spoiled by it
-        xa[rows], x = x, xa
+        if x is not out: out[rows] = x
         spikes[rows] |= hit
         rows = rows[hit.any(-1)]
         if not len(rows): break
-    return x.reshape(shape), spikes.reshape(shape)
+    return out.reshape(shape), spikes.reshape(shape)
 
 # %% ../nbs/01a_quality.ipynb #a3dca25b
 def find_bad_channels(counts:np.ndarray, # spectra (n, n_E), n >= `min_spectra`
