@@ -110,6 +110,23 @@ def training_window(samples, energy, vacuum, **kw)->tuple:
     return d1, d2, fb
 
 
+def _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)->tuple:
+    """One ensemble on the vacuum (trained up to the lowest sample dE1) and the samples (each up to its dE1): its ZLP
+    replicas of the samples (n_rep, n_samples, n_E) and of the vacuum (held out beyond min(dE1)), the training seconds,
+    the median validation chi^2 and the number of outlier replicas (dropped with `drop_outliers`)."""
+    from eelsnb.replicas import training_set_from_spectra
+    from eelsnb.ensemble import ZLPEnsemble
+    nv = len(vac)
+    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+    ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
+                                   read_noise=read_noise)
+    ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
+    ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, **ekw).fit(ts)
+    chi2_valid, n_out = float(np.median(ens.chi2["valid"])), int(np.sum(ens.outliers))
+    if drop_outliers and n_out: ens = ens.drop_outliers()
+    return ens.predict_for(smp, e), ens.predict_for(vac, e), ens.fit_seconds, chi2_valid, n_out
+
+
 def analyse_group(group:dict, # from `make_group`
                   n_replicas:int=100, # replicas (= networks)
                   max_epochs:int=1000, # full-batch training steps
@@ -130,8 +147,6 @@ def analyse_group(group:dict, # from `make_group`
     step can be re-run on the same replicas without training again (the cache is keyed by the file name only: use one
     per seed, preset and ensemble size)."""
     from eelsnb.preprocess import align_zlp, shift_spectra
-    from eelsnb.replicas import training_set_from_spectra
-    from eelsnb.ensemble import ZLPEnsemble
     from eelsnb.bandgap import fit_band_gap
     from eelsnb.replicas import sigma_poisson
     from eelsnb.subtract import calibrate_spread, scale_spread
@@ -148,18 +163,8 @@ def analyse_group(group:dict, # from `make_group`
         if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
     else:
         d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
-        nv = len(vac)
-        D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
-        ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
-                                       read_noise=read_noise)
-        ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
-        ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, **ekw).fit(ts)
-        t_train = ens.fit_seconds
-        chi2_valid = float(np.median(ens.chi2["valid"]))
-        n_out = int(np.sum(ens.outliers))
-        if drop_outliers and n_out: ens = ens.drop_outliers()
-        zlp = ens.predict_for(smp, e)                               # (n_rep, n_samples, n_E)
-        zv = ens.predict_for(vac, e)                                # the vacuum's, held out beyond min(dE1)
+        zlp, zv, t_train, chi2_valid, n_out = _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise,
+                                                     ensemble_kw, drop_outliers)
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cache, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, dE2=d2,
@@ -213,8 +218,7 @@ def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, see
     the training seconds (cached beside `cache`)."""
     from eelsnb.analysis import zlp_fwhm
     from eelsnb.bandgap import fit_band_gap
-    from eelsnb.replicas import training_set_from_spectra, sigma_poisson
-    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.replicas import sigma_poisson
     from eelsnb.subtract import calibrate_spread, scale_spread
     fw = zlp_fwhm(vac, e)
     z = zlp
@@ -230,17 +234,11 @@ def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, see
     if rc is not None and Path(rc).exists():
         c = np.load(rc)
         return c["zlp"].astype(float), c["zlp_vacuum"].astype(float), c["dE1"], c["refined"], float(c["train_s"])
-    nv = len(vac)
-    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
-    ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed, read_noise=read_noise)
-    ens = ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, progress_bar=False, accelerator="cpu",
-                      **(ensemble_kw or {})).fit(ts)
-    if drop_outliers and np.any(ens.outliers): ens = ens.drop_outliers()
-    zlp, zv = ens.predict_for(smp, e), ens.predict_for(vac, e)
+    zlp, zv, t_train, _, _ = _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)
     if rc is not None:
         np.savez_compressed(rc, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, refined=refined,
-                            train_s=ens.fit_seconds)
-    return zlp, zv, d1, refined, ens.fit_seconds
+                            train_s=t_train)
+    return zlp, zv, d1, refined, t_train
 
 
 def _twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g, cache=None)->dict:
