@@ -171,10 +171,16 @@ class _Fake:
         Path(d).mkdir(); (Path(d) / "results.json").write_text(json.dumps(self.to_dict())); return [Path(d) / "results.json"]
 
 
-def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def earlier_out(tmp_path, monkeypatch):
+    "An --out holding earlier results, and an analysis that returns at once (only the writing can fail)."
     fake = types.ModuleType("eelsnb.analysis"); fake.analyse_spectra = lambda *a, **k: _Fake()
     monkeypatch.setitem(sys.modules, "eelsnb.analysis", fake)
     out = tmp_path / "out"; out.mkdir(); (out / "results.json").write_text('{"old": true}')
+    return out
+
+def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch, earlier_out):
+    out = earlier_out
     def boom(*a, **k): raise RuntimeError("disk on fire")
     monkeypatch.setattr(cli, "write_report", boom)
     argv = ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out, "--overwrite"]
@@ -185,10 +191,8 @@ def test_failed_run_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk on fire"): main([str(a) for a in argv + ["--debug"]])
     assert json.loads((out / "results.json").read_text()) == {"old": True}
 
-def test_full_disk_says_so_and_leaves_out_as_it_was(capsys, tmp_path, monkeypatch):
-    fake = types.ModuleType("eelsnb.analysis"); fake.analyse_spectra = lambda *a, **k: _Fake()
-    monkeypatch.setitem(sys.modules, "eelsnb.analysis", fake)
-    out = tmp_path / "out"; out.mkdir(); (out / "results.json").write_text('{"old": true}')
+def test_full_disk_says_so_and_leaves_out_as_it_was(capsys, tmp_path, monkeypatch, earlier_out):
+    out = earlier_out
     def full(path, *a, **k): raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(cli, "write_report", lambda results, path, **k: full(path))
     rc, _, err = run(capsys, ["spectra", "--sample", WS2 / "sample_14.txt", *ERANGE, "--out", out, "--overwrite"])
