@@ -141,6 +141,7 @@ def analyse_group(group:dict, # from `make_group`
                   twins:bool=False, # also train a twin ensemble (other initial weights, the same data replicas): network-to-network spread
                   calibrate:bool=False, # scale the ZLP spread by its calibration on the held-out vacuum counts
                   refine:float|None=None, # k: where dE1 ends up less than 1 FWHM below the fitted gap, train again with dE1 = gap - k FWHM
+                  guard:float=0.0, # an experiment: each sample's dE1 lowered by this many vacuum ZLP FWHM before training (09, "Training the samples less far")
                  )->dict:
     """The method on one group: align, dE1/dE2, train, subtract, fit the band gap; per-sample summaries.
     With `cache`, the trained ensemble's ZLP replicas (and dE1/dE2, training figures) are stored, so that the band-gap
@@ -163,6 +164,10 @@ def analyse_group(group:dict, # from `make_group`
         if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
     else:
         d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
+        if guard:   # the samples' ZLP trained less far (less of the onset's resolution tail in it), the vacuum held out from the lowest of them
+            from eelsnb.analysis import zlp_fwhm
+            fw = zlp_fwhm(vac, e)
+            d1 = np.maximum(d1 - guard * fw, fw)
         zlp, zv, t_train, chi2_valid, n_out = _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise,
                                                      ensemble_kw, drop_outliers)
         if cache is not None:
@@ -290,6 +295,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 fwhm:float|None=None, # ZLP FWHM (eV) instead of the preset's (its axis and dose stay)
                 thicknesses=THICKNESSES, # t/lambda of the samples (cycled)
                 refine:float|None=None, # dE1 refinement (see `analyse_group`)
+                guard:float=0.0, # each sample's dE1 lowered by this many ZLP FWHM before training (see `analyse_group`)
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -298,12 +304,12 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
         g = make_group(s, n_samples, preset=preset, total_counts=total_counts, excitons=excitons,
                        zlp_broadening=zlp_broadening, read_noise=read_noise, fwhm=fwhm, thicknesses=thicknesses)
         extra = ("" if fwhm is None else f"_fwhm{fwhm:g}") + (
-            "" if tuple(thicknesses) == THICKNESSES else "_t" + "-".join(f"{t:g}" for t in thicknesses))
+            "" if tuple(thicknesses) == THICKNESSES else "_t" + "-".join(f"{t:g}" for t in thicknesses)) + (f"_guard{guard:g}" if guard else "")
         cache = None if cache_dir is None else str(Path(cache_dir) / (
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
         r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine)
+                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine, guard=guard)
         recs.append(r)
         if progress:
             f = figures([r])
@@ -320,7 +326,8 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                            preset=preset, excitons=excitons, total_counts=total_counts or PRESETS[preset]["total_counts"],
                            fwhm=PRESETS[preset]["fwhm"] if fwhm is None else fwhm, thicknesses=list(thicknesses),
                            zlp_broadening=zlp_broadening, read_noise=read_noise,
-                           dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {}, calibrate=calibrate)
+                           dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {}, calibrate=calibrate,
+                           guard=guard)
     fig["run_time_s"] = round(time.perf_counter() - t0, 1)
     fig["train_s"] = round(float(sum(r["train_s"] for r in recs)), 1)
     return dict(records=rec, figures=fig)
@@ -419,6 +426,9 @@ def main(argv=None)->dict:
     ap.add_argument("--calibrate", action="store_true", help="scale the ZLP spread by its held-out vacuum calibration "
                     "(eelsnb.subtract.calibrate_spread) and fit with spread_scale= the factor; the raw figures are kept "
                     "beside (band_gap_raw)")
+    ap.add_argument("--guard", type=float, default=0.0, metavar="K", help="lower each sample's dE1 by K vacuum ZLP FWHM (not below "
+                    "one FWHM) before training; the vacuum is then held out from the lowest of them (an experiment: 09, 'Training the "
+                    "samples less far')")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
@@ -428,7 +438,7 @@ def main(argv=None)->dict:
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
                       cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate, fwhm=a.fwhm, thicknesses=tuple(a.thicknesses),
-                      refine=a.refine)
+                      refine=a.refine, guard=a.guard)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())

@@ -61,8 +61,8 @@ def _add_calibration(g):
                         "narrow (or widen) the ZLP replicas' spread so that its 68%% band covers the vacuum counts held out "
                         "beyond 68%% of the time (needs --vacuum). Use it for monochromated data (ZLP FWHM up to ~0.15 eV) "
                         "on samples thicker than t/lambda ~0.3: on such synthetic spectra the raw intervals cover 79-100%%, "
-                        "the calibrated ones 64-88%% (64%% at 0.08 eV). On thinner samples they under-cover (39-54%% at "
-                        "0.08 eV), from 0.2 eV on the raw ones already cover 58-67%%, and at 0.45 eV holding out the vacuum "
+                        "the calibrated ones 64-88%% (64%% at 0.08 eV). On thinner samples they under-cover (39-56%% at "
+                        "0.08 eV; such samples are named in a warning and in results.json), from 0.2 eV on the raw ones already cover 58-67%%, and at 0.45 eV holding out the vacuum "
                         "tails costs accuracy, so it is off by default")
 
 def _add_onset_model(g, default:str):

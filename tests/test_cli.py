@@ -356,11 +356,14 @@ def test_peak_windows_from_the_options(capsys, tmp_path):
 
 def test_calibrate_scales_the_spread_on_held_out_vacuum(capsys, tmp_path):
     "--calibrate: the vacuum trained up to the sample's dE1, the factor found beyond it in results.json and the model card."
-    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", WS2 / "vacuum_22.txt", "--sample",
-                              WS2 / "sample_14.txt", *ERANGE, "--replicas", "8", "--epochs", "300", "--calibrate",
-                              "--out", tmp_path / "o"])
+    with pytest.warns(UserWarning, match=r"calibrate: 1 sample\(s\) with t/lambda below 0.3 \(sample_14.txt\)"):
+        rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", WS2 / "vacuum_22.txt", "--sample",
+                                  WS2 / "sample_14.txt", *ERANGE, "--replicas", "8", "--epochs", "300", "--calibrate",
+                                  "--out", tmp_path / "o"])
     assert rc == 0, err[-3000:]
     d = json.loads((tmp_path / "o" / "results.json").read_text())
+    # the WS2 sample is thin (t/lambda ~0.1): its calibrated intervals come with the caution, by name
+    assert d["samples"][0]["t_over_lambda"]["median"] < 0.3 and d["calibration_thin_samples"] == ["sample_14.txt"]
     c = d["spread_calibration"]
     assert c is not None and c["scale"] > 0 and c["n_points"] >= 20 and abs(c["coverage_after"] - 0.68) < 0.05, c
     assert d["cli"]["calibrate"] is True
