@@ -11,7 +11,7 @@ dask rows run 2 worker processes of one thread each.
 
 Rows:
 - `scale`: analysis='thickness' (read, detector faults, proxy and conditions, clusters, condition grid, ZLP replicas of
-  every pixel, t/lambda per replica and its median/16/84%), at 10^4 and 10^5 spectra (10^6 with --huge), serial and on
+  every pixel, t/lambda per replica and its median/16/84%), at 10^4 and 10^5 spectra (10^6 with --sizes 1000), serial and on
   a 2-worker LocalCluster, 100 replicas. The first row trains the ensemble (counted in its time), later rows reuse it.
 - `replicas`: analysis='full' (band gap, exponent, t/lambda, excitons, plasmon per replica) on --full-size pixels,
   25/50/100/200 replicas, training included.
@@ -42,7 +42,11 @@ rows = []
 for i in range(-(-ny // tile)):
     cols = [da.from_delayed(dask.delayed(block)(i, j), (tile, tile, len(e)), np.float32) for j in range(-(-nx // tile))]
     rows.append(da.concatenate(cols, 1))
-data = da.concatenate(rows, 0)[:ny, :nx].rechunk((tile, nx, len(e)))
+# chunks of `tile` full-width rows, fewer where those would exceed 256 MiB (from 10^6 spectra on): eelsnb.large keeps the
+# last two chunk rows decompressed only within ROW_CACHE_BYTES; bigger ones are decompressed again for every thin block
+from eelsnb.large import ROW_CACHE_BYTES
+crow = max(1, min(tile, ROW_CACHE_BYTES // 2 // (nx * len(e) * 4)))
+data = da.concatenate(rows, 0)[:ny, :nx].rechunk((crow, nx, len(e)))
 s = hs.signals.Signal1D(data).as_lazy()
 s.axes_manager[-1].offset, s.axes_manager[-1].scale, s.axes_manager[-1].units = e[0], e[1] - e[0], "eV"
 with warnings.catch_warnings():
