@@ -238,3 +238,29 @@ def test_lazy_rows_from_kept_chunk_rows(data):
         assert 1 <= len(src._cache) <= 2
     x = src.rows(0, 4); x[:] = -1
     assert (src.rows(0, 4) != -1).all()
+
+
+def test_oversized_chunk_rows_warn_and_the_advice_works(data, monkeypatch, tmp_path):
+    """A file whose chunk rows are too large to keep decompressed, read in thinner blocks, would decompress each chunk
+    once per block: `warn_chunking` says so (analyse_large calls it before any work), and saving the file with the rows
+    it suggests silences it; files whose chunk rows are kept, or no larger than a block, do not warn."""
+    import re
+    import hyperspy.api as hs
+    import eelsnb.large as L
+    src = L.open_si(data["path"])                                   # 8-row chunks of 48 x 512 float32: 786 KiB a chunk row
+    assert not L.warn_chunking(src, 4)                              # kept (two chunk rows within ROW_CACHE_BYTES)
+    monkeypatch.setattr(L, "ROW_CACHE_BYTES", 2**20)                 # now two 8-row chunk rows no longer fit
+    assert not L.warn_chunking(src, 8)                              # blocks as thick as the chunks: each read once
+    with pytest.warns(UserWarning, match=r"chunks of 8 scan rows .* each block of 4 rows decompresses its chunk again") as w:
+        assert L.warn_chunking(src, 4)
+    m = re.search(r"chunks=\((\d+), 48, 512\)", str(w[0].message))
+    assert m and int(m.group(1)) == 2**20 // 2 // (48 * 512 * 4)   # 5 rows: two of them within the budget
+    new = tmp_path / "rechunked.zspy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); hs.load(str(data["path"]), lazy=True).save(str(new), chunks=(int(m.group(1)), 48, 512))
+    src2 = L.open_si(new)
+    np.testing.assert_array_equal(src2.rows(0, 48), src.rows(0, 48))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error"); assert not L.warn_chunking(src2, 4)
+    arr = L.open_si(np.asarray(data["si"].counts, np.float32), energy=E)   # in memory: nothing to decompress
+    assert not L.warn_chunking(arr, 1)
