@@ -44,8 +44,8 @@ for i in range(-(-ny // tile)):
     rows.append(da.concatenate(cols, 1))
 # chunks of `tile` full-width rows, fewer where those would exceed 256 MiB (from 10^6 spectra on): eelsnb.large keeps the
 # last two chunk rows decompressed only within ROW_CACHE_BYTES; bigger ones are decompressed again for every thin block
-from eelsnb.large import ROW_CACHE_BYTES
-crow = max(1, min(tile, ROW_CACHE_BYTES // 2 // (nx * len(e) * 4)))
+from eelsnb.large import kept_chunk_rows
+crow = max(1, min(tile, kept_chunk_rows(nx * len(e) * 4)))
 data = da.concatenate(rows, 0)[:ny, :nx].rechunk((crow, nx, len(e)))
 s = hs.signals.Signal1D(data).as_lazy()
 s.axes_manager[-1].offset, s.axes_manager[-1].scale, s.axes_manager[-1].units = e[0], e[1] - e[0], "eV"

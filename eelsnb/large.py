@@ -22,12 +22,17 @@ from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_l
 from .subtract import _positive
 
 # %% auto #0
-__all__ = ['ROW_CACHE_BYTES', 'QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY', 'LazySI',
-           'warn_chunking', 'open_si', 'block_quality', 'save_grid', 'load_grid', 'pixel_conditions', 'pass1_block',
-           'pass2_block', 'analyse_large', 'wants_large', 'load_large']
+__all__ = ['ROW_CACHE_BYTES', 'QUALITY_DEFAULTS', 'RUN_FILE', 'RESULTS_FILE', 'P1_NAMES', 'P1_DTYPES', 'TRIM_KEY',
+           'kept_chunk_rows', 'LazySI', 'warn_chunking', 'open_si', 'block_quality', 'save_grid', 'load_grid',
+           'pixel_conditions', 'pass1_block', 'pass2_block', 'analyse_large', 'wants_large', 'load_large']
 
 # %% ../nbs/14_large.ipynb #555aa4c8
 ROW_CACHE_BYTES = 2**29   # decompressed chunk rows a `LazySI` keeps (two at most): blocks thinner than the file's chunks
+
+def kept_chunk_rows(row_bytes:int, # bytes of one scan row (nx * n_E * itemsize)
+                   )->int: # the most scan rows a chunk may span for a `LazySI` to keep two chunk rows decompressed (0: not one)
+    "Chunk rows of at most this many scan rows stay decompressed between blocks (two of them within ROW_CACHE_BYTES)."
+    return ROW_CACHE_BYTES // 2 // int(row_bytes)
 
 @dataclass
 class LazySI:
@@ -43,6 +48,8 @@ class LazySI:
     def shape(self)->tuple: return tuple(self.data.shape[:2])
     @property
     def path(self)->str|None: return self.source.get("path")
+    @property
+    def row_bytes(self)->int: return int(np.prod(self.data.shape[1:])) * np.dtype(self.data.dtype).itemsize   # one scan row as stored
     def _read(self, a:int, b:int)->np.ndarray:
         x = self.data[a:b]
         if hasattr(x, "compute"): x = x.compute(scheduler="synchronous")
@@ -51,8 +58,7 @@ class LazySI:
         "Row edges of the input's chunks along y when they are worth keeping (a chunked lazy input, two chunk rows within ROW_CACHE_BYTES), else None."
         ch = getattr(self.data, "chunks", None)
         if isinstance(self.data, np.ndarray) or not ch or len(ch[0]) < 2: return None
-        row = int(np.prod(self.data.shape[1:])) * np.dtype(self.data.dtype).itemsize
-        return np.cumsum((0,) + tuple(ch[0])) if 2 * max(ch[0]) * row <= ROW_CACHE_BYTES else None
+        return np.cumsum((0,) + tuple(ch[0])) if max(ch[0]) <= kept_chunk_rows(self.row_bytes) else None
     def rows(self, a:int, b:int)->np.ndarray:
         """Rows a..b-1 as a new numpy array (n_rows, nx, n_E), computed without threads (safe inside dask workers). Blocks
         thinner than the file's chunks come from the last two chunk rows read, kept decompressed (a 316 x 316 .zspy with
@@ -88,8 +94,8 @@ def warn_chunking(src:LazySI, # an opened input (`open_si`)
     if src.path is None or isinstance(src.data, np.ndarray) or not ch or src._chunk_rows() is not None: return False
     cy = int(max(ch[0]))
     if cy <= rows: return False
-    row = int(np.prod(src.data.shape[1:])) * np.dtype(src.data.dtype).itemsize
-    fit = max(1, ROW_CACHE_BYTES // 2 // row)
+    row = src.row_bytes
+    fit = max(1, kept_chunk_rows(row))
     warnings.warn(f"si: {src.path} is stored in chunks of {cy} scan rows ({cy * row / 2**20:.0f} MiB a chunk row), too large to keep "
                   f"decompressed ({ROW_CACHE_BYTES / 2**20:.0f} MiB for two), so each block of {rows} rows decompresses its chunk "
                   f"again (~{-(-cy // rows)}x the reading work). Save it with at most {fit} rows a chunk for a faster run with "
