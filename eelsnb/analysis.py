@@ -652,11 +652,12 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     # 6. thickness, excitons, plasmon
     t1 = time.perf_counter()
     tl = t_over_lambda(S, sub.zlp, e)
-    if np.any(np.median(tl, 0) < 0):
-        warnings.warn(f"t/lambda: the median ZLP holds more counts than the spectrum for {int(np.sum(np.median(tl, 0) < 0))} "
+    tl_med = np.median(tl, 0)   # per sample
+    if np.any(tl_med < 0):
+        warnings.warn(f"t/lambda: the median ZLP holds more counts than the spectrum for {int(np.sum(tl_med < 0))} "
                       "sample(s); the ensemble is not converged (train longer: max_epochs) or dE1 is wrong.")
     if sub.spread_scale != 1.0:   # calibrated intervals: say where they are known to under-cover
-        thin = [inp["names"][i] for i in np.flatnonzero(np.median(tl, 0) < CALIBRATION_MIN_T)]
+        thin = [inp["names"][i] for i in np.flatnonzero(tl_med < CALIBRATION_MIN_T)]
         settings["calibration_thin_samples"] = thin
         if thin:
             warnings.warn(f"calibrate: {len(thin)} sample(s) with t/lambda below {CALIBRATION_MIN_T:g} ({', '.join(thin[:5])}"
