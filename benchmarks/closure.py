@@ -28,7 +28,11 @@ exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
        [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--calibrate]
-       [--fwhm 0.15] [--thicknesses 0.1 0.2 0.3]
+       [--fwhm 0.15] [--thicknesses 0.1 0.2 0.3] [--pipeline]
+
+--pipeline runs `eelsnb.analysis.analyse_spectra` itself on each group, with its defaults (the vacuum trained up to where it
+sinks to 10x its noise, errors from the vacuum spectra's spread, not calibrated) or, with --calibrate, as `eelsnb spectra
+--calibrate` runs it: the figures of what a user gets, where the steps above are the method taken apart for experiments.
 
 --twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
 (key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
@@ -215,6 +219,50 @@ def analyse_group(group:dict, # from `make_group`
     return out
 
 
+def analyse_group_pipeline(group:dict, # from `make_group`
+                           n_replicas:int=100, max_epochs:int=1000, # ensemble size and training steps
+                           seed:int=0, # seed of `analyse_spectra` (replicas, networks, window jitter)
+                           calibrate:bool=False, # `analyse_spectra(calibrate=True)`, as `eelsnb spectra --calibrate`
+                           cache:str|None=None, # model directory: the trained ensemble is saved there, and loaded (with its spread calibration) when present
+                           ensemble_kw:dict|None=None, # more ZLPEnsemble options
+                          )->dict:
+    """The product's own pipeline on one group: `eelsnb.analysis.analyse_spectra` with its defaults (one alignment of all
+    spectra, dE1/dE2, the vacuum trained up to where it sinks to 10x its noise, errors from the vacuum spectra's spread
+    (sigma='auto'), the power-law onset), or as `--calibrate` runs it; the group's truth beside. `analyse_group` instead
+    takes the method step by step (the vacuum trained up to the lowest sample dE1, Poisson errors) for its experiments.
+    Records as `analyse_group` (without its ZLP diagnostics), for `figures`."""
+    from eelsnb.analysis import analyse_spectra
+    from eelsnb.ensemble import ZLPEnsemble
+    t0 = time.perf_counter()
+    ens = ZLPEnsemble.load(cache) if cache is not None and Path(cache).exists() else None
+    size = dict(n_replicas=n_replicas, max_epochs=max_epochs) if ens is None else {}
+    run = lambda **w: analyse_spectra(group["samples"], group["vacuum"], group["energy"], seed=seed, progress=False,
+                                      exciton_windows=(), plasmon_window=None, calibrate=calibrate and ens is None, ensemble=ens,
+                                      **w, **size, **(ensemble_kw or {}))
+    fallback = np.zeros(len(group["samples"]), bool)
+    try: res = run()
+    except ValueError as err:   # a sample never departs from the vacuum: as the error advises, dE1 given (`training_window`'s fallback)
+        if "never depart" not in str(err): raise
+        from eelsnb.preprocess import align_zlp
+        al, _ = align_zlp(np.concatenate([group["vacuum"], group["samples"]]), group["energy"])
+        d1, d2, fallback = training_window(al[len(group["vacuum"]):], group["energy"], al[:len(group["vacuum"])])
+        res = run(dE1=d1, dE2=d2)
+    if cache is not None and ens is None: res.ensemble.save(cache)
+    sg, sb, fit = res.summary("band_gap"), res.summary("exponent"), res.band_gap_fit
+    n = res.n_samples
+    cal = res.ensemble.spread_calibration
+    out = dict(band_gap=group["band_gap"], exponent=group["exponent"], t_over_lambda=group["t_over_lambda"],
+               gap_median=sg.median, gap_low=sg.low, gap_high=sg.high, n_valid=np.asarray(sg.n_valid),
+               b_median=sb.median, b_low=sb.low, b_high=sb.high, dE1=res.window.dE1, dE2=res.window.dE2,
+               dE1_fallback=fallback, n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(n, fit.failed.shape[0]),
+               chi2_valid=float(np.median(res.ensemble.chi2["valid"])), outliers=int(np.sum(res.ensemble.outliers)),
+               train_s=float(res.seconds.get("train", 0.0)), seconds=time.perf_counter() - t0,
+               vacuum_dE1=float(res.settings.get("vacuum_dE1", np.nan)))
+    if calibrate:
+        out.update(spread_scale=np.nan if cal is None else cal.scale, spread_scale_applied=float(res.subtraction.spread_scale),
+                   spread_scale_oracle=np.nan, vacuum_coverage_before=np.nan if cal is None else cal.coverage_before)
+    return out
+
 def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, seed, read_noise, calibrate, fit_kw, ensemble_kw,
              drop_outliers, cache):
     """dE1 refinement: fit the band gap with the first ensemble; where dE1 lies less than 1 FWHM below the fitted median gap
@@ -296,6 +344,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 thicknesses=THICKNESSES, # t/lambda of the samples (cycled)
                 refine:float|None=None, # dE1 refinement (see `analyse_group`)
                 guard:float=0.0, # each sample's dE1 lowered by this many ZLP FWHM before training (see `analyse_group`)
+                pipeline:bool=False, # run `analyse_spectra` itself with its defaults (`analyse_group_pipeline`) instead of the step-by-step method
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
     t0 = time.perf_counter()
@@ -308,13 +357,18 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
         cache = None if cache_dir is None else str(Path(cache_dir) / (
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
-        r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                          ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine, guard=guard)
+        if pipeline:
+            r = analyse_group_pipeline(g, n_replicas, max_epochs, seed=s, calibrate=calibrate, ensemble_kw=ensemble_kw,
+                                       cache=None if cache is None else cache.replace(".npz", "_pipeline" + ("_cal" if calibrate else "")))
+        else:
+            r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
+                              ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine, guard=guard)
         recs.append(r)
         if progress:
             f = figures([r])
-            print(f"group seed {s}: {r['seconds']:.1f} s (training {r['train_s']:.1f} s), chi2/N valid {r['chi2_valid']:.3g}, "
-                  f"spread x {r['spread_scale']:.3f} (oracle {r['spread_scale_oracle']:.3f}{'' if calibrate else ', not applied'}), "
+            cal = (f"spread x {r['spread_scale']:.3f} (oracle {r['spread_scale_oracle']:.3f}{'' if calibrate else ', not applied'}), "
+                   if "spread_scale" in r else "")
+            print(f"group seed {s}: {r['seconds']:.1f} s (training {r['train_s']:.1f} s), chi2/N valid {r['chi2_valid']:.3g}, {cal}"
                   f"median |err| {f['band_gap']['median_abs_error']} eV, coverage {f['band_gap']['coverage']:.2f}, "
                   f"{f['failures']['spectra_without_valid_fit']} without a valid fit",
                   file=sys.stderr, flush=True)
@@ -327,7 +381,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                            fwhm=PRESETS[preset]["fwhm"] if fwhm is None else fwhm, thicknesses=list(thicknesses),
                            zlp_broadening=zlp_broadening, read_noise=read_noise,
                            dE1_kw=dE1_kw or {}, fit_kw=fit_kw or {}, ensemble_kw=ensemble_kw or {}, calibrate=calibrate,
-                           guard=guard)
+                           guard=guard, pipeline=pipeline)
     fig["run_time_s"] = round(time.perf_counter() - t0, 1)
     fig["train_s"] = round(float(sum(r["train_s"] for r in recs)), 1)
     return dict(records=rec, figures=fig)
@@ -429,6 +483,9 @@ def main(argv=None)->dict:
     ap.add_argument("--guard", type=float, default=0.0, metavar="K", help="lower each sample's dE1 by K vacuum ZLP FWHM (not below "
                     "one FWHM) before training; the vacuum is then held out from the lowest of them (an experiment: 09, 'Training the "
                     "samples less far')")
+    ap.add_argument("--pipeline", action="store_true", help="run eelsnb.analysis.analyse_spectra itself with its defaults (vacuum "
+                    "tails trained, errors from the vacuum spectra's spread; with --calibrate as `eelsnb spectra --calibrate`) "
+                    "instead of the method step by step; --cache then keeps each group's trained model")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
     import torch
@@ -438,7 +495,7 @@ def main(argv=None)->dict:
                       n_replicas=a.replicas, max_epochs=a.epochs, preset=a.preset, excitons=a.excitons,
                       total_counts=a.dose, zlp_broadening=a.zlp_broadening, read_noise=a.read_noise, progress=True,
                       cache_dir=a.cache, twins=a.twins, calibrate=a.calibrate, fwhm=a.fwhm, thicknesses=tuple(a.thicknesses),
-                      refine=a.refine, guard=a.guard)
+                      refine=a.refine, guard=a.guard, pipeline=a.pipeline)
     fig = res["figures"]
     fig["machine"] = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                           cpus=os.cpu_count())

@@ -115,3 +115,24 @@ def test_spread_calibration_matches_the_truth(closure):
         assert 0 < k < 0.8 and 0.5 < k / o < 2, c
     assert c["applied"] == c["scale"]
     assert 0.4 <= closure["figures"]["ensemble"]["zlp_abs_pull_gap_median"] <= 1.1, closure["figures"]["ensemble"]
+
+
+def test_pipeline_mode_runs_the_product_and_reuses_its_model(tmp_path):
+    """`closure.py --pipeline` runs `analyse_spectra` itself (its defaults: the vacuum trained up to where it sinks to 10x
+    its noise, not the lowest sample dE1) and scores it against the truth; with a cache the saved model is loaded and gives
+    the same record without training. Tiny ensemble: this checks the harness, not the closure figures."""
+    import warnings
+    from closure import analyse_group_pipeline, make_group, figures
+    g = make_group(2, 3, preset=PRESET)
+    cache = tmp_path / "model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r1 = analyse_group_pipeline(g, n_replicas=8, max_epochs=80, seed=2, cache=str(cache))
+        r2 = analyse_group_pipeline(g, n_replicas=8, max_epochs=80, seed=2, cache=str(cache))
+    assert (cache / "model.json").exists() and r1["train_s"] > 0 and r2["train_s"] == 0
+    for k in ("gap_median", "gap_low", "gap_high", "b_median", "n_valid", "dE1"):
+        np.testing.assert_array_equal(r1[k], r2[k], err_msg=k)
+    assert len(r1["gap_median"]) == 3 and np.all(r1["n_replicas"] == 8)
+    assert r1["vacuum_dE1"] > r1["dE1"].min(), (r1["vacuum_dE1"], r1["dE1"])   # the vacuum's tails, not held out
+    f = figures([r1])
+    assert f["n_spectra"] == 3 and 0 <= f["band_gap"]["coverage"] <= 1 and "calibration" not in f
