@@ -21,9 +21,8 @@ from .onset import fit_onset_excitons
 from .physics import t_over_lambda, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
-__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MIN_T', 'ONSET_MODELS', 'spectra_inputs',
-           'zlp_fwhm', 'relative_spread', 'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps',
-           'SpectraResults', 'analyse_spectra']
+__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread',
+           'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'SpectraResults', 'analyse_spectra']
 
 # %% ../nbs/09_analysis.ipynb #5de00308
 def _step(e): return float((e[-1] - e[0]) / (len(e) - 1))
@@ -260,9 +259,6 @@ def _subtract(ensemble, counts, energy):
     return subtract(ensemble, counts, energy)
 
 RESULTS_FILE, MODEL_DIR, SPECTRA_DIR = "results.json", "model", "spectra"
-# below this t/lambda the calibrated band-gap intervals under-cover on synthetic truth (09, "Calibrated intervals"):
-# the samples' ZLP takes in part of the onset that the resolution carries below the gap, which the vacuum cannot show
-CALIBRATION_MIN_T = 0.3
 ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
                 "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
                             "the ZLP (eelsnb.onset.fit_onset_excitons); band_gap_power/exponent_power: the power law"}
@@ -351,7 +347,6 @@ class SpectraResults:
         return dict(onset_model=dict(name=self.onset_model, description=ONSET_MODELS[self.onset_model]), samples=samples,
                     pooled=pooled,
                     vacuum=self.vacuum_names or [], fwhm=self.fwhm, spread_calibration=self.settings.get("spread_calibration"),
-                    calibration_thin_samples=list(self.settings.get("calibration_thin_samples") or []),
                     ensemble=dict(n_replicas=int(ens.n_replicas), n_outliers=int(np.sum(ens.outliers)),
                                   inputs=list(ens.input_names),
                                   chi2_valid_median=float(np.nanmedian(ens.chi2["valid"]))),
@@ -408,10 +403,8 @@ class SpectraResults:
     def _calibration_line(self)->str:
         c = self.settings.get("spread_calibration")
         if not c: return "; ZLP spread not calibrated"
-        thin = self.settings.get("calibration_thin_samples") or []
         return (f"; ZLP spread x {c['scale']:.2f} (calibrated on {c['n_points']} held-out vacuum channels, "
-                f"{c['window'][0]:.2f}-{c['window'][1]:.2f} eV: the raw 68% band covered {c['coverage_before']:.2f})"
-                + (f"; CAUTION: t/lambda < {CALIBRATION_MIN_T:g} in {', '.join(thin)}, where calibrated band-gap intervals under-cover" if thin else ""))
+                f"{c['window'][0]:.2f}-{c['window'][1]:.2f} eV: the raw 68% band covered {c['coverage_before']:.2f})")
 
     def figures(self, e_max:float=10.0, # upper energy of the spectrum plots (eV)
                )->dict: # name -> plotly Figure
@@ -550,7 +543,9 @@ def _calibration(use, V, e, sig, vd1, vd2):
         warnings.warn(skip + "it needs vacuum spectra trained on (train_on='both')."); return None
     try: return calibrate_spread(use.predict_for(V, e), V, sig[:len(V)], e, (vd1, vd2))
     except ValueError as err:
-        warnings.warn(skip + str(err)); return None
+        warnings.warn(skip + str(err) + f" The vacuum was held out beyond {vd1:.2f} eV; to hold out more of it, give a lower "
+                      "vacuum_dE1 (eelsnb spectra --vacuum-dE1), which leaves more of its tail out of the training.")
+        return None
 
 def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy signal, or a `WS2Data` (vacuum taken from it)
                     vacuum=None, # vacuum reference spectra (m, n_E): array or signal; None: samples only
@@ -567,8 +562,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     progress:bool=True, # show the training progress bar
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
-                    vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they reach 10x noise (the lowest sample dE1 with `calibrate`)
-                    calibrate:bool=False, # train the vacuum only up to the lowest sample dE1 and scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond 68% of the time (`eelsnb.subtract.calibrate_spread`); validated for monochromated data and t/lambda >~ 0.3 (see "Calibrated intervals")
+                    vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they sink to 10x their noise
+                    calibrate:bool=False, # scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond `vacuum_dE1` 68% of the time (`eelsnb.subtract.calibrate_spread`); the training stays the default one (see "Calibrated intervals")
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
@@ -586,6 +581,14 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     inp = spectra_inputs(samples, vacuum, energy, names)
     S, V, e = inp["samples"], inp["vacuum"], inp["energy"]
     n, m = len(S), 0 if V is None else len(V)
+    if vacuum_dE1 is not None and ensemble is None:
+        if V is None or train_on != "both":
+            raise ValueError("vacuum_dE1: it ends the vacuum spectra's training window; give vacuum spectra (and train_on='both').")
+        try: vacuum_dE1 = float(vacuum_dE1)
+        except (TypeError, ValueError): raise TypeError(f"vacuum_dE1: expected a number (eV), got {vacuum_dE1!r}.") from None
+        if not (0 < vacuum_dE1 < float(e[-1]) - 0.5):
+            raise ValueError(f"vacuum_dE1: expected an energy between 0 and {float(e[-1]) - 0.5:g} eV (the axis ends at "
+                             f"{float(e[-1]):g} eV and 0.5 eV beyond it are held out), got {vacuum_dE1:g}.")
     exciton_windows = tuple(tuple(map(float, w)) for w in (exciton_windows or ()))
     exciton_names = tuple(exciton_names)[:len(exciton_windows)] + tuple(f"X{k + 1}" for k in range(len(exciton_names), len(exciton_windows)))
     # 1. alignment (all spectra together: one common ZLP template)
@@ -608,9 +611,6 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
         use_v = V is not None and train_on == "both"
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (float(vacuum_dE1), max(float(vacuum_dE1) + 0.5, float(np.median(d2))))
-            if calibrate and vacuum_dE1 is None and float(d1.min()) < vd1:
-                settings["vacuum_dE1_noise"] = vd1   # where the vacuum sinks to 10x its noise
-                vd1 = float(d1.min())                # trained up to where the samples are; beyond, the vacuum is held out
             C, D1, D2 = np.concatenate([V, S]), np.r_[np.full(m, vd1), d1], np.r_[np.full(m, vd2), d2]
             settings.update(vacuum_dE1=vd1, vacuum_dE2=vd2)
         else: C, D1, D2 = S, d1, d2
@@ -656,15 +656,6 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if np.any(tl_med < 0):
         warnings.warn(f"t/lambda: the median ZLP holds more counts than the spectrum for {int(np.sum(tl_med < 0))} "
                       "sample(s); the ensemble is not converged (train longer: max_epochs) or dE1 is wrong.")
-    if sub.spread_scale != 1.0:   # calibrated intervals: say where they are known to under-cover
-        thin = [inp["names"][i] for i in np.flatnonzero(tl_med < CALIBRATION_MIN_T)]
-        settings["calibration_thin_samples"] = thin
-        if thin:
-            warnings.warn(f"calibrate: {len(thin)} sample(s) with t/lambda below {CALIBRATION_MIN_T:g} ({', '.join(thin[:5])}"
-                          f"{', ...' if len(thin) > 5 else ''}): on synthetic truth the calibrated 68% band-gap intervals of such "
-                          "samples cover only 39-56% of the true gaps (0.08 eV ZLP), because their ZLP takes in part of the onset "
-                          "that the resolution carries below the gap, which the vacuum calibration cannot see. Quote the raw "
-                          "intervals (calibrate=False) beside them; see 09_analysis, 'Calibrated intervals'.")
     inside = lambda w: w[0] >= e[0] and w[1] <= e[-1]
     ex_w = tuple(w for w in exciton_windows if inside(w))
     ex_n = tuple(nm for nm, w in zip(exciton_names, exciton_windows) if inside(w))
