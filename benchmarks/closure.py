@@ -8,7 +8,8 @@ Then the method, step by step, as a user runs it:
 
 1. ZLP alignment (`eelsnb.preprocess.align_zlp`) of vacuum and samples;
 2. training window dE1/dE2 per sample (`find_dE1_dE2`, the vacuum mean as reference); the vacuum spectra are trained
-   up to the lowest sample dE1, their pseudo-data start at the median sample dE2;
+   up to where they sink to 10x their noise (`eelsnb.analysis.vacuum_window`, as `analyse_spectra` does; until
+   session 13 here only up to the lowest sample dE1), their pseudo-data start at the median sample dE2;
 3. one `ZLPEnsemble` trained on vacuum + samples (`training_set_from_spectra` + `fit`), outlier replicas dropped;
 4. the spread calibration (`eelsnb.subtract.calibrate_spread`, as `analyse_spectra(calibrate=True)` does): the
    ensemble's ZLP replicas of the vacuum spectra against their own counts beyond the vacuum's training window (held
@@ -114,14 +115,21 @@ def training_window(samples, energy, vacuum, **kw)->tuple:
     return d1, d2, fb
 
 
+def _vacuum_window(vac, e, d2)->tuple:
+    "The vacuum spectra's training window (vd1, vd2), as `analyse_spectra` sets it: up to where they sink to 10x their noise."
+    from eelsnb.analysis import vacuum_window, zlp_fwhm
+    return vacuum_window(vac, e, zlp_fwhm(vac, e), d2)
+
 def _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)->tuple:
-    """One ensemble on the vacuum (trained up to the lowest sample dE1) and the samples (each up to its dE1): its ZLP
-    replicas of the samples (n_rep, n_samples, n_E) and of the vacuum (held out beyond min(dE1)), the training seconds,
-    the median validation chi^2 and the number of outlier replicas (dropped with `drop_outliers`)."""
+    """One ensemble on the vacuum (trained up to where it sinks to 10x its noise, `_vacuum_window`) and the samples (each
+    up to its dE1): its ZLP replicas of the samples (n_rep, n_samples, n_E) and of the vacuum (held out beyond its
+    window), the training seconds, the median validation chi^2 and the number of outlier replicas (dropped with
+    `drop_outliers`)."""
     from eelsnb.replicas import training_set_from_spectra
     from eelsnb.ensemble import ZLPEnsemble
     nv = len(vac)
-    D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+    vd1, vd2 = _vacuum_window(vac, e, d2)
+    D1, D2 = np.r_[np.full(nv, vd1), d1], np.r_[np.full(nv, vd2), d2]
     ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
                                    read_noise=read_noise)
     ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
@@ -163,12 +171,15 @@ def analyse_group(group:dict, # from `make_group`
         c = np.load(cache)
         zlp, d1, d2, fallback = c["zlp"].astype(float), c["dE1"], c["dE2"], c["dE1_fallback"]
         if "zlp_vacuum" not in c: raise ValueError(f"cache: {cache} has no vacuum ZLP replicas (written by an older closure.py); remove it.")
+        if "vacuum_dE1" not in c:
+            raise ValueError(f"cache: {cache} was trained with the vacuum only up to the lowest sample dE1 (closure.py of "
+                             "session 13 or older); remove it, or use another --cache directory.")
         zv = c["zlp_vacuum"].astype(float)
         t_train, chi2_valid, n_out = float(c["train_s"]), float(c["chi2_valid"]), int(c["outliers"])
         if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
     else:
         d1, d2, fallback = training_window(smp, e, vac, **(dE1_kw or {}))
-        if guard:   # the samples' ZLP trained less far (less of the onset's resolution tail in it), the vacuum held out from the lowest of them
+        if guard:   # the samples' ZLP trained less far (less of the onset's resolution tail in it)
             from eelsnb.analysis import zlp_fwhm
             fw = zlp_fwhm(vac, e)
             d1 = np.maximum(d1 - guard * fw, fw)
@@ -177,7 +188,8 @@ def analyse_group(group:dict, # from `make_group`
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cache, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, dE2=d2,
-                                dE1_fallback=fallback, train_s=t_train, chi2_valid=chi2_valid, outliers=n_out)
+                                dE1_fallback=fallback, train_s=t_train, chi2_valid=chi2_valid, outliers=n_out,
+                                vacuum_dE1=_vacuum_window(vac, e, d2)[0])
     if refine is not None:
         zlp, zv, d1, refined, t2 = _refined(group, smp, vac, e, zlp, zv, d1, d2, refine, n_replicas, max_epochs, seed, read_noise,
                                             calibrate, fit_kw, ensemble_kw, drop_outliers, cache)
@@ -185,38 +197,47 @@ def analyse_group(group:dict, # from `make_group`
     zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
     # the spread calibration from the held-out vacuum counts, and (a diagnostic only the truth allows) the factor the
     # samples' own true ZLPs between dE1 and dE2 would have asked for
-    cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
+    vd1, vd2 = _vacuum_window(vac, e, d2)
+    try: cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (vd1, vd2))
+    except ValueError as err:   # as `analyse_spectra`: too little signal held out, the raw spread kept
+        if calibrate: warnings.warn(f"spread calibration skipped, the raw spread kept: {err}")
+        cal = None
     try: oracle = calibrate_spread(zlp, zt, np.full_like(zt, 1e-6), e, np.stack([d1, d2], -1)).scale
     except ValueError: oracle = np.nan
-    raw, applied = {}, (cal.scale if calibrate else 1.0)
-    if calibrate:   # the raw fit too, for the comparison
+    raw, applied = {}, (cal.scale if calibrate and cal is not None else 1.0)
+    if calibrate:   # the raw fit too, for the comparison (the same fit where the calibration was skipped)
         r_ = fit_band_gap(smp[None] - zlp, e, resolution=zlp, seed=seed, **(fit_kw or {})).summary("band_gap")
         raw = dict(gap_median_raw=r_.median, gap_low_raw=r_.low, gap_high_raw=r_.high, n_valid_raw=np.asarray(r_.n_valid))
-        zlp = scale_spread(zlp, cal.scale)
+        if cal is not None: zlp = scale_spread(zlp, cal.scale)
     inel = smp[None] - zlp
     fit = fit_band_gap(inel, e, resolution=zlp, seed=seed, **{"spread_scale": applied, **(fit_kw or {})})
     sg, sb = fit.summary("band_gap"), fit.summary("exponent")
-    # diagnostics: the ZLP replicas against the true (aligned) ZLP at dE1 and at the gap, in units of their spread
-    zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
-    n = np.arange(len(d1))
-    ix = lambda E: np.clip(np.searchsorted(e, E), 0, len(e) - 1)
-    pull = lambda i: (zmed[n, i] - zt[n, i]) / np.maximum(0.5 * (zhi - zlo)[n, i], 1e-12)
-    i1, ig = ix(d1), ix(group["band_gap"])
     it = shift_spectra(group["inelastic_true"], shifts / (e[1] - e[0]))
-    ig3 = ix(group["band_gap"] + 0.3)
     out = dict(band_gap=group["band_gap"], exponent=group["exponent"], t_over_lambda=group["t_over_lambda"],
                gap_median=sg.median, gap_low=sg.low, gap_high=sg.high, n_valid=np.asarray(sg.n_valid), dE1_fallback=fallback,
                b_median=sb.median, b_low=sb.low, b_high=sb.high, dE1=d1, dE2=d2,
-               zlp_pull_dE1=pull(i1), zlp_pull_gap=pull(ig), zlp_spread_gap=0.5 * (zhi - zlo)[n, ig] / zt[n, ig],
-               inelastic_over_zlp_spread_gap_plus_0p3=it[n, ig3] / np.maximum(0.5 * (zhi - zlo)[n, ig3], 1e-12),
+               **_zlp_diagnostics(zlp, zt, it, d1, group["band_gap"], e),
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
-               spread_scale=cal.scale, spread_scale_applied=applied, spread_scale_oracle=oracle,
-               vacuum_coverage_before=cal.coverage_before, **raw)
+               spread_scale=np.nan if cal is None else cal.scale, spread_scale_applied=applied, spread_scale_oracle=oracle,
+               vacuum_coverage_before=np.nan if cal is None else cal.coverage_before, vacuum_dE1=vd1, **raw)
     if refine is not None: out["refined"] = refined
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
     return out
+
+
+def _zlp_diagnostics(zlp, zt, it, d1, gap, e)->dict:
+    """The ZLP replicas (n_rep, n, n_E) against the true aligned ZLPs `zt` (n, n_E) at dE1 and at the gap, in units of their
+    half 68% spread (pulls), their relative spread at the gap, and the true inelastic signal `it` 0.3 eV above the gap in
+    units of that spread."""
+    zlo, zmed, zhi = np.percentile(zlp, [16, 50, 84], axis=0)
+    n = np.arange(len(d1))
+    ix = lambda E: np.clip(np.searchsorted(e, E), 0, len(e) - 1)
+    pull = lambda i: (zmed[n, i] - zt[n, i]) / np.maximum(0.5 * (zhi - zlo)[n, i], 1e-12)
+    i1, ig, ig3 = ix(d1), ix(gap), ix(gap + 0.3)
+    return dict(zlp_pull_dE1=pull(i1), zlp_pull_gap=pull(ig), zlp_spread_gap=0.5 * (zhi - zlo)[n, ig] / zt[n, ig],
+                inelastic_over_zlp_spread_gap_plus_0p3=it[n, ig3] / np.maximum(0.5 * (zhi - zlo)[n, ig3], 1e-12))
 
 
 def analyse_group_pipeline(group:dict, # from `make_group`
@@ -229,24 +250,27 @@ def analyse_group_pipeline(group:dict, # from `make_group`
     """The product's own pipeline on one group: `eelsnb.analysis.analyse_spectra` with its defaults (one alignment of all
     spectra, dE1/dE2, the vacuum trained up to where it sinks to 10x its noise, errors from the vacuum spectra's spread
     (sigma='auto'), the power-law onset), or as `--calibrate` runs it; the group's truth beside. `analyse_group` instead
-    takes the method step by step (the vacuum trained up to the lowest sample dE1, Poisson errors) for its experiments.
-    Records as `analyse_group` (without its ZLP diagnostics), for `figures`."""
+    takes the method step by step (the same vacuum window, Poisson errors, each group aligned in two parts) for its
+    experiments. Records as `analyse_group`, for `figures`: with its ZLP diagnostics and, calibrated, the raw fit of the
+    same ensemble (`gap_*_raw`) and the factor the samples' true ZLPs between dE1 and dE2 ask for (`spread_scale_oracle`)."""
     from eelsnb.analysis import analyse_spectra
     from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.subtract import calibrate_spread
     t0 = time.perf_counter()
     ens = ZLPEnsemble.load(cache) if cache is not None and Path(cache).exists() else None
     size = dict(n_replicas=n_replicas, max_epochs=max_epochs) if ens is None else {}
-    run = lambda **w: analyse_spectra(group["samples"], group["vacuum"], group["energy"], seed=seed, progress=False,
-                                      exciton_windows=(), plasmon_window=None, calibrate=calibrate and ens is None, ensemble=ens,
-                                      **w, **size, **(ensemble_kw or {}))
-    fallback = np.zeros(len(group["samples"]), bool)
+    run = lambda ensemble=ens, **w: analyse_spectra(group["samples"], group["vacuum"], group["energy"], seed=seed, progress=False,
+                                                    exciton_windows=(), plasmon_window=None, calibrate=calibrate and ensemble is None,
+                                                    ensemble=ensemble, **w, **({} if ensemble is not None else size), **(ensemble_kw or {}))
+    fallback, w = np.zeros(len(group["samples"]), bool), {}
     try: res = run()
     except ValueError as err:   # a sample never departs from the vacuum: as the error advises, dE1 given (`training_window`'s fallback)
         if "never depart" not in str(err): raise
         from eelsnb.preprocess import align_zlp
         al, _ = align_zlp(np.concatenate([group["vacuum"], group["samples"]]), group["energy"])
         d1, d2, fallback = training_window(al[len(group["vacuum"]):], group["energy"], al[:len(group["vacuum"])])
-        res = run(dE1=d1, dE2=d2)
+        w = dict(dE1=d1, dE2=d2)
+        res = run(**w)
     if cache is not None and ens is None: res.ensemble.save(cache)
     sg, sb, fit = res.summary("band_gap"), res.summary("exponent"), res.band_gap_fit
     n = res.n_samples
@@ -258,9 +282,24 @@ def analyse_group_pipeline(group:dict, # from `make_group`
                chi2_valid=float(np.median(res.ensemble.chi2["valid"])), outliers=int(np.sum(res.ensemble.outliers)),
                train_s=float(res.seconds.get("train", 0.0)), seconds=time.perf_counter() - t0,
                vacuum_dE1=float(res.settings.get("vacuum_dE1", np.nan)))
+    # diagnostics only the truth allows: the true ZLPs and inelastic signal aligned as the samples were
+    from eelsnb.preprocess import shift_spectra
+    e, m = group["energy"], len(group["vacuum"])
+    sh = np.asarray(res.shifts)[m:] / (e[1] - e[0])
+    zt, it = shift_spectra(group["zlp_true"], sh), shift_spectra(group["inelastic_true"], sh)
+    out.update(_zlp_diagnostics(res.subtraction.zlp, zt, it, res.window.dE1, group["band_gap"], e))
     if calibrate:
+        e_ = res.ensemble
+        kept, e_.spread_calibration = e_.spread_calibration, None
+        try: raw = run(ensemble=e_, **w)   # the same ensemble, its raw spread: the raw fit beside
+        finally: e_.spread_calibration = kept
+        r_ = raw.summary("band_gap")
+        try: oracle = calibrate_spread(raw.subtraction.zlp, zt, np.full_like(zt, 1e-6), e,
+                                       np.stack([res.window.dE1, res.window.dE2], -1)).scale
+        except ValueError: oracle = np.nan
         out.update(spread_scale=np.nan if cal is None else cal.scale, spread_scale_applied=float(res.subtraction.spread_scale),
-                   spread_scale_oracle=np.nan, vacuum_coverage_before=np.nan if cal is None else cal.coverage_before)
+                   spread_scale_oracle=oracle, vacuum_coverage_before=np.nan if cal is None else cal.coverage_before,
+                   gap_median_raw=r_.median, gap_low_raw=r_.low, gap_high_raw=r_.high, n_valid_raw=np.asarray(r_.n_valid))
     return out
 
 def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, seed, read_noise, calibrate, fit_kw, ensemble_kw,
@@ -276,9 +315,10 @@ def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, see
     fw = zlp_fwhm(vac, e)
     z = zlp
     if calibrate:
-        cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (float(d1.min()), float(np.median(d2))))
-        z = scale_spread(zlp, cal.scale)
-    g = fit_band_gap(smp[None] - z, e, resolution=z, seed=seed, **{"spread_scale": cal.scale if calibrate else 1.0, **(fit_kw or {})})
+        try: k_ = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, _vacuum_window(vac, e, d2)).scale
+        except ValueError: k_ = 1.0
+        z = scale_spread(zlp, k_)
+    g = fit_band_gap(smp[None] - z, e, resolution=z, seed=seed, **{"spread_scale": k_ if calibrate else 1.0, **(fit_kw or {})})
     gap = g.summary("band_gap").median
     refined = np.isfinite(gap) & (d1 > gap - fw)
     if not refined.any(): return zlp, zv, d1, refined, 0.0
@@ -309,7 +349,8 @@ def _twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw
     else:
         d1, d2, _ = training_window(smp, e, vac, **(dE1_kw or {}))
         nv = len(vac)
-        D1, D2 = np.r_[np.full(nv, d1.min()), d1], np.r_[np.full(nv, np.median(d2)), d2]
+        vd1, vd2 = _vacuum_window(vac, e, d2)
+        D1, D2 = np.r_[np.full(nv, vd1), d1], np.r_[np.full(nv, vd2), d2]
         ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed, read_noise=read_noise)
         ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
         zA, zB = (ZLPEnsemble(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed + 1000 * k, **ekw).fit(ts).predict_for(smp, e)
@@ -347,6 +388,8 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 pipeline:bool=False, # run `analyse_spectra` itself with its defaults (`analyse_group_pipeline`) instead of the step-by-step method
                )->dict:
     "Run the closure over the groups; per-sample records (concatenated) and the figures."
+    if pipeline and (twins or refine is not None or guard):
+        raise ValueError("pipeline: analyse_spectra runs with its own settings; twins, refine and guard apply to the step-by-step method only.")
     t0 = time.perf_counter()
     recs = []
     for s in seeds:
@@ -359,7 +402,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
             f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
         if pipeline:
             r = analyse_group_pipeline(g, n_replicas, max_epochs, seed=s, calibrate=calibrate, ensemble_kw=ensemble_kw,
-                                       cache=None if cache is None else cache.replace(".npz", "_pipeline" + ("_cal" if calibrate else "")))
+                                       cache=None if cache is None else cache.replace(".npz", "_pipeline" + ("_cal14" if calibrate else "")))   # `_cal`: the calibrated training of session 13 and older
         else:
             r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
                               ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine, guard=guard)
@@ -488,6 +531,8 @@ def main(argv=None)->dict:
                     "instead of the method step by step; --cache then keeps each group's trained model")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600
+    if a.pipeline and (a.twins or a.refine is not None or a.guard):
+        ap.error("--pipeline runs analyse_spectra with its own settings: --twins, --refine and --guard apply to the step-by-step method only.")
     import torch
     if a.threads: torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore")

@@ -1,20 +1,19 @@
 """Closure of the whole method on synthetic truth, through the real replica ensemble (CI size).
 
 21 synthetic sample spectra (3 groups = seeds, 7 samples each: band gaps stratified in 1.0-2.5 eV, exponents 0.5 and
-1.5, t/lambda 0.3-1.0, thickness-broadened ZLP, read noise) + 2 vacuum spectra per group: align, dE1/dE2 with the
-vacuum as reference, one ZLPEnsemble per group (50 replicas x 600 steps here, 100 x 1000 in `benchmarks/closure.py`),
-the spread calibration on the vacuum counts held out beyond the lowest sample dE1 (`eelsnb.subtract.calibrate_spread`),
-ZLP replicas via `predict_for` with their ln-space deviation from the median scaled by it (`scale_spread`),
-inelastic = counts - ZLP, `fit_band_gap(..., resolution=ZLP replicas, spread_scale=factor)` with its defaults
-(automatic onset window from the detected onset, edge fits kept): the raw fit, only the replicas' scatter calibrated.
-The raw intervals of the same replicas are kept beside (`band_gap_raw`). The code lives in `benchmarks/closure.py`
-(`run_closure(calibrate=True)`; `analyse_spectra(calibrate=True)` does the same).
+1.5, t/lambda 0.3-1.0, thickness-broadened ZLP, read noise) + 2 vacuum spectra per group, each group through
+`eelsnb.analysis.analyse_spectra(calibrate=True)` itself, as `eelsnb spectra --calibrate` runs it (50 replicas x 600
+steps here, 100 x 1000 in `benchmarks/closure.py --pipeline --calibrate`): one alignment, dE1/dE2 with the vacuum as
+reference, one ZLPEnsemble on vacuum (up to where it sinks to 10x its noise) and samples (up to their dE1), the spread
+calibration on the vacuum counts held out beyond (`eelsnb.subtract.calibrate_spread`), the ZLP replicas' ln-space
+deviation from their median scaled by it (`scale_spread`), the band gap fitted with its defaults and `spread_scale=`
+the factor: the raw fit, only the replicas' scatter calibrated. The raw intervals of the same ensemble are kept beside
+(`band_gap_raw`). The harness is `benchmarks/closure.py` (`run_closure(calibrate=True, pipeline=True)`).
 
 The preset is the monochromated one (`specimen3`: 0.08 eV ZLP, 5 meV channels), the instrument one uses for gaps near
-1 eV. At the non-monochromated 0.45 eV (`specimen4`) the ZLP ensemble's uncertainty at the gap (~12% of the ZLP,
-~1.4x the inelastic signal 0.3 eV above a b = 1.5 gap) puts indirect gaps 0.3-0.5 eV too high, and a median
-|error| < 0.05 eV is out of reach; those figures come from `python benchmarks/closure.py --preset specimen4` and are
-reported in 07_bandgap, not asserted here.
+1 eV. At the non-monochromated 0.45 eV (`specimen4`) the ZLP ensemble's uncertainty at the gap puts indirect gaps
+0.1-0.5 eV too high, and a median |error| < 0.05 eV is out of reach; those figures come from
+`python benchmarks/closure.py --preset specimen4 --pipeline` and are reported in 09_analysis, not asserted here.
 """
 import json, math, sys, time
 from pathlib import Path
@@ -37,7 +36,7 @@ def closure():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = run_closure(seeds=SEEDS, n_samples=N_SAMPLES, n_replicas=50, max_epochs=600, preset=PRESET,
-                          excitons="none", calibrate=True)
+                          excitons="none", calibrate=True, pipeline=True)
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -79,8 +78,9 @@ def test_closure_intervals_cover_68pct(closure):
     """The calibrated 68% intervals cover the truth as often as 68% intervals should: the number covered is consistent
     with binomial(n, 0.6827) (two-sided p > 0.05; for 21 spectra, 10-18 covered). The issue's 55-80% is a statement
     about the rate, whose sampling sd over 21 spectra is 0.10: it is measured by the full-size benchmark
-    (`python benchmarks/closure.py --preset specimen3 --groups 12 --calibrate`: 0.64 over 72 spectra), not asserted
-    on 21. Per exponent (9-12 spectra each) at least 45% (fewer happens 5% / 12% of the time at a true 68%)."""
+    (`python benchmarks/closure.py --preset specimen3 --groups 12 --pipeline --calibrate`: 0.78 of 72 spectra; 0.75 of
+    72 with `--thicknesses 0.1 0.15 0.2 0.25 0.3 0.12`), not asserted on 21. Per exponent (9-12 spectra each) at least
+    45% (fewer happens 5% / 12% of the time at a true 68%)."""
     f = closure["figures"]
     n, k = f["band_gap"]["n"], round(f["band_gap"]["coverage"] * f["band_gap"]["n"])
     print(json.dumps({k_: f[k_] for k_ in ("band_gap", "band_gap_raw")}), "binomial p", binomial_p(k, n))
@@ -90,25 +90,29 @@ def test_closure_intervals_cover_68pct(closure):
 
 def test_raw_intervals_over_cover(closure):
     """Why the calibration exists: with the raw spread the same replicas' intervals cover more than 68% intervals can
-    (binomial p < 0.05; 1.00 here and over 72 spectra at 100 x 1000). `analyse_spectra` keeps the raw spread unless
-    calibrate=True (09_analysis, 'Calibrated intervals')."""
+    (binomial p < 0.05; 1.00 here, and over 72 thick and 72 thin spectra at 100 x 1000). `analyse_spectra` keeps the raw
+    spread unless calibrate=True (09_analysis, 'Calibrated intervals')."""
     f = closure["figures"]["band_gap_raw"]
     k = round(f["coverage"] * f["n"])
     assert f["coverage"] > 0.6827 and binomial_p(k, f["n"]) < 0.05, f
 
 
 def test_calibration_keeps_the_fit(closure):
-    "The calibration changes the intervals, not the estimate: the median |error| is within 20% of the raw fit's."
+    """The calibration changes the intervals much more than the estimate: the median |error| stays under 0.05 eV and within
+    1.5x the raw fit's (1.18x here; at 100 x 1000 0.74x on thin and 1.4x on thick samples: moving the replicas towards
+    their median moves the median of their band gaps a little), while the intervals narrow."""
     f = closure["figures"]
-    assert f["band_gap"]["median_abs_error"] <= 1.2 * f["band_gap_raw"]["median_abs_error"], (f["band_gap"], f["band_gap_raw"])
+    assert f["band_gap"]["median_abs_error"] < 0.05, f["band_gap"]
+    assert f["band_gap"]["median_abs_error"] <= 1.5 * f["band_gap_raw"]["median_abs_error"], (f["band_gap"], f["band_gap_raw"])
     assert f["band_gap"]["median_width"] < f["band_gap_raw"]["median_width"]
 
 
 def test_spread_calibration_matches_the_truth(closure):
     """The factor found on the held-out vacuum counts is below 1 (the raw ZLP band is too wide) and close to the one the
-    samples' own true ZLPs between dE1 and dE2 ask for (known only here): within 2x per group (at 100 x 1000, 7 of 12
-    groups within 1.5x, all within 2.3x: the vacuum is a proxy). The scaled ZLP band is calibrated where it matters: median |median ZLP - true
-    ZLP| / half 68% spread at the gap 0.4-1.1 (0.67 for a Gaussian; 0.16-0.25 raw)."""
+    samples' own true ZLPs between dE1 and dE2 ask for (known only here): within 2x per group (0.69-0.98x here; at
+    100 x 1000 within 1.5x in 11 of 12 thin and 6 of 10 thick groups, within 2x in all but one, 0.38x: the vacuum is a
+    proxy). The scaled ZLP band is calibrated where it matters: median |median ZLP - true ZLP| / half 68% spread at the
+    gap 0.4-1.1 (0.67 for a Gaussian; 0.68 here, 0.74 thin / 0.81 thick at 100 x 1000)."""
     c = closure["figures"]["calibration"]
     print(json.dumps(c))
     for k, o in zip(c["scale"], c["oracle"]):
@@ -136,3 +140,25 @@ def test_pipeline_mode_runs_the_product_and_reuses_its_model(tmp_path):
     assert r1["vacuum_dE1"] > r1["dE1"].min(), (r1["vacuum_dE1"], r1["dE1"])   # the vacuum's tails, not held out
     f = figures([r1])
     assert f["n_spectra"] == 3 and 0 <= f["band_gap"]["coverage"] <= 1 and "calibration" not in f
+
+
+def test_step_by_step_trains_the_vacuum_as_the_library(tmp_path):
+    """`analyse_group` (the method taken apart, for experiments) trains the vacuum as `analyse_spectra` does: up to where
+    it sinks to 10x its noise (`vacuum_window`), not only up to the lowest sample dE1; a cache trained the old way (the vacuum only up
+    to the lowest sample dE1, closure.py of session 13 and older) is refused, not mixed in. Tiny ensemble."""
+    import warnings
+    from closure import analyse_group, make_group
+    from eelsnb.analysis import vacuum_window, zlp_fwhm
+    from eelsnb.preprocess import align_zlp
+    g = make_group(2, 3, preset=PRESET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = analyse_group(g, n_replicas=8, max_epochs=80, seed=2, calibrate=True, cache=str(tmp_path / "g.npz"))
+    vac, _ = align_zlp(g["vacuum"], g["energy"])
+    vd1 = vacuum_window(vac, g["energy"], zlp_fwhm(vac, g["energy"]), r["dE2"])[0]
+    assert r["vacuum_dE1"] == vd1 > r["dE1"].min(), (r["vacuum_dE1"], vd1, r["dE1"])   # not the old lowest dE1
+    assert "gap_median_raw" in r and len(r["gap_median"]) == 3
+    old = dict(np.load(tmp_path / "g.npz")); old.pop("vacuum_dE1")
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.raises(ValueError, match="lowest sample dE1"):
+        analyse_group(g, n_replicas=8, max_epochs=80, seed=2, cache=str(tmp_path / "old.npz"))
