@@ -29,11 +29,12 @@ exponent, band gap and thickness, ensemble figures and run times.
 
 Usage: python benchmarks/closure.py [--quick] [--groups 6] [--replicas 100] [--epochs 1000] [--preset specimen4]
        [--excitons none|ws2] [--dose 6e7] [--threads 2] [--twins] [--cache DIR] [--calibrate]
-       [--fwhm 0.15] [--thicknesses 0.1 0.2 0.3] [--pipeline]
+       [--fwhm 0.15] [--thicknesses 0.1 0.2 0.3] [--pipeline] [--no-calibrate]
 
 --pipeline runs `eelsnb.analysis.analyse_spectra` itself on each group, with its defaults (the vacuum trained up to where it
-sinks to 10x its noise, errors from the vacuum spectra's spread, not calibrated) or, with --calibrate, as `eelsnb spectra
---calibrate` runs it: the figures of what a user gets, where the steps above are the method taken apart for experiments.
+sinks to 10x its noise, errors from the vacuum spectra's spread, the spread calibrated where the vacuum ZLP FWHM is 0.1 eV
+or less) or with --calibrate / --no-calibrate, as `eelsnb spectra` runs them: the figures of what a user gets, where the
+steps above are the method taken apart for experiments.
 
 --twins also trains, per group, two ensembles on the same data replicas with different initial weights and reports
 (key `twins`) the network-to-network share of the band-gap spread and the coverage an interval would have without it.
@@ -243,7 +244,7 @@ def _zlp_diagnostics(zlp, zt, it, d1, gap, e)->dict:
 def analyse_group_pipeline(group:dict, # from `make_group`
                            n_replicas:int=100, max_epochs:int=1000, # ensemble size and training steps
                            seed:int=0, # seed of `analyse_spectra` (replicas, networks, window jitter)
-                           calibrate:bool=False, # `analyse_spectra(calibrate=True)`, as `eelsnb spectra --calibrate`
+                           calibrate="auto", # `analyse_spectra(calibrate=...)`: 'auto' (its default), True (`--calibrate`) or False
                            cache:str|None=None, # model directory: the trained ensemble is saved there, and loaded (with its spread calibration) when present
                            ensemble_kw:dict|None=None, # more ZLPEnsemble options
                           )->dict:
@@ -260,7 +261,7 @@ def analyse_group_pipeline(group:dict, # from `make_group`
     ens = ZLPEnsemble.load(cache) if cache is not None and Path(cache).exists() else None
     size = dict(n_replicas=n_replicas, max_epochs=max_epochs) if ens is None else {}
     run = lambda ensemble=ens, **w: analyse_spectra(group["samples"], group["vacuum"], group["energy"], seed=seed, progress=False,
-                                                    exciton_windows=(), plasmon_window=None, calibrate=calibrate and ensemble is None,
+                                                    exciton_windows=(), plasmon_window=None, calibrate=calibrate if ensemble is None else False,
                                                     ensemble=ensemble, **w, **({} if ensemble is not None else size), **(ensemble_kw or {}))
     fallback, w = np.zeros(len(group["samples"]), bool), {}
     try: res = run()
@@ -288,7 +289,7 @@ def analyse_group_pipeline(group:dict, # from `make_group`
     sh = np.asarray(res.shifts)[m:] / (e[1] - e[0])
     zt, it = shift_spectra(group["zlp_true"], sh), shift_spectra(group["inelastic_true"], sh)
     out.update(_zlp_diagnostics(res.subtraction.zlp, zt, it, res.window.dE1, group["band_gap"], e))
-    if calibrate:
+    if calibrate is not False:   # calibrated or 'auto': the raw fit beside (the same fit where nothing was calibrated)
         e_ = res.ensemble
         kept, e_.spread_calibration = e_.spread_calibration, None
         try: raw = run(ensemble=e_, **w)   # the same ensemble, its raw spread: the raw fit beside
@@ -380,7 +381,7 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
                 progress:bool=False, # print one line per group to stderr
                 twins:bool=False, # also train twin ensembles per group (see `_twins`)
                 cache_dir:str|None=None, # directory of per-group ZLP-replica caches (see `analyse_group`); None: always train
-                calibrate:bool=False, # scale each group's ZLP spread by its held-out vacuum calibration
+                calibrate:bool|None=None, # scale each group's ZLP spread by its held-out vacuum calibration; None: the step-by-step method doesn't, the pipeline runs analyse_spectra's 'auto'
                 fwhm:float|None=None, # ZLP FWHM (eV) instead of the preset's (its axis and dose stay)
                 thicknesses=THICKNESSES, # t/lambda of the samples (cycled)
                 refine:float|None=None, # dE1 refinement (see `analyse_group`)
@@ -401,15 +402,16 @@ def run_closure(seeds=(1, 2, 3, 4), # one group per seed
             f"{preset}_{excitons}_{n_samples}x{n_replicas}x{max_epochs}_dose{total_counts or PRESETS[preset]['total_counts']:g}"
             f"_k{zlp_broadening:g}_rn{read_noise:g}{extra}_seed{s}.npz"))
         if pipeline:
-            r = analyse_group_pipeline(g, n_replicas, max_epochs, seed=s, calibrate=calibrate, ensemble_kw=ensemble_kw,
-                                       cache=None if cache is None else cache.replace(".npz", "_pipeline" + ("_cal14" if calibrate else "")))   # `_cal`: the calibrated training of session 13 and older
+            mode = "auto" if calibrate is None else bool(calibrate)   # the product's default is 'auto'
+            r = analyse_group_pipeline(g, n_replicas, max_epochs, seed=s, calibrate=mode, ensemble_kw=ensemble_kw,
+                                       cache=None if cache is None else cache.replace(".npz", "_pipeline" + {True: "_cal14", "auto": "_auto14", False: ""}[mode]))   # `_cal`: the calibrated training of session 13 and older
         else:
             r = analyse_group(g, n_replicas, max_epochs, seed=s, read_noise=read_noise, dE1_kw=dE1_kw, fit_kw=fit_kw,
-                              ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=calibrate, refine=refine, guard=guard)
+                              ensemble_kw=ensemble_kw, cache=cache, twins=twins, calibrate=bool(calibrate), refine=refine, guard=guard)
         recs.append(r)
         if progress:
             f = figures([r])
-            cal = (f"spread x {r['spread_scale']:.3f} (oracle {r['spread_scale_oracle']:.3f}{'' if calibrate else ', not applied'}), "
+            cal = (f"spread x {r['spread_scale']:.3f} (oracle {r['spread_scale_oracle']:.3f}{'' if r.get('spread_scale_applied', 1.0) != 1.0 else ', not applied'}), "
                    if "spread_scale" in r else "")
             print(f"group seed {s}: {r['seconds']:.1f} s (training {r['train_s']:.1f} s), chi2/N valid {r['chi2_valid']:.3g}, {cal}"
                   f"median |err| {f['band_gap']['median_abs_error']} eV, coverage {f['band_gap']['coverage']:.2f}, "
@@ -520,14 +522,17 @@ def main(argv=None)->dict:
                     "(re-fit the band gap without training again)")
     ap.add_argument("--refine", type=float, default=None, metavar="K", help="where dE1 lies less than 1 FWHM below a sample's "
                     "fitted gap, set dE1 = gap - K FWHM and train once more (an experiment: 09, 'Moving dE1 below the fitted gap')")
-    ap.add_argument("--calibrate", action="store_true", help="scale the ZLP spread by its held-out vacuum calibration "
-                    "(eelsnb.subtract.calibrate_spread) and fit with spread_scale= the factor; the raw figures are kept "
-                    "beside (band_gap_raw)")
+    ap.add_argument("--calibrate", action="store_const", const=True, default=None, help="scale the ZLP spread by its held-out "
+                    "vacuum calibration (eelsnb.subtract.calibrate_spread) and fit with spread_scale= the factor; the raw figures "
+                    "are kept beside (band_gap_raw). Default: not in the step-by-step method, analyse_spectra's 'auto' with --pipeline")
+    ap.add_argument("--no-calibrate", action="store_const", const=False, dest="calibrate", help="with --pipeline: the raw "
+                    "spread (analyse_spectra(calibrate=False))")
     ap.add_argument("--guard", type=float, default=0.0, metavar="K", help="lower each sample's dE1 by K vacuum ZLP FWHM (not below "
                     "one FWHM) before training; the vacuum is then held out from the lowest of them (an experiment: 09, 'Training the "
                     "samples less far')")
     ap.add_argument("--pipeline", action="store_true", help="run eelsnb.analysis.analyse_spectra itself with its defaults (vacuum "
-                    "tails trained, errors from the vacuum spectra's spread; with --calibrate as `eelsnb spectra --calibrate`) "
+                    "tails trained, errors from the vacuum spectra's spread, calibrated at a ZLP FWHM of 0.1 eV and finer; "
+                    "--calibrate / --no-calibrate as `eelsnb spectra` takes them) "
                     "instead of the method step by step; --cache then keeps each group's trained model")
     a = ap.parse_args(argv)
     if a.quick: a.groups, a.replicas, a.epochs = 4, 50, 600

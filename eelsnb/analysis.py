@@ -568,7 +568,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
                     vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they sink to 10x their noise
-                    calibrate:bool=False, # scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond `vacuum_dE1` 68% of the time (`eelsnb.subtract.calibrate_spread`); the training stays the default one (see "Calibrated intervals")
+                    calibrate="auto", # True: scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond `vacuum_dE1` 68% of the time (`eelsnb.subtract.calibrate_spread`; the training stays the same); 'auto': where the vacuum ZLP FWHM is at most CALIBRATION_MAX_FWHM (see "Calibrated intervals"); False: the raw spread
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
@@ -580,6 +580,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed: expected a non-negative int, got {seed!r}.")
     if train_on not in ("both", "samples"): raise ValueError(f"train_on: expected 'both' or 'samples', got {train_on!r}.")
+    if not (isinstance(calibrate, (bool, np.bool_)) or calibrate == "auto"):
+        raise ValueError(f"calibrate: expected True, False or 'auto', got {calibrate!r}.")
     if onset_model not in ONSET_MODELS: raise ValueError(f"onset_model: expected one of {tuple(ONSET_MODELS)}, got {onset_model!r}.")
     if onset_model == "excitons" and exponent is not None:
         raise ValueError("exponent: a fixed exponent applies to the power law only; use onset_model='power' with it.")
@@ -606,12 +608,16 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     win = Window(d1, d2, win.method, win.details)
     wins, jit, wdesc = _window_arg(window, n, fwhm, d1)   # checked before the (long) training
     sec["prepare"] = time.perf_counter() - t0
+    requested = calibrate   # 'auto': calibrate a monochromated ZLP (where the raw intervals over-cover), trained here on vacuum
+    if calibrate == "auto": calibrate = V is not None and train_on == "both" and ensemble is None and fwhm <= CALIBRATION_MAX_FWHM
+    calibrate = bool(calibrate)
     # 3. the ZLP ensemble
     settings = dict(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, dE1=dE1, dE2=dE2, exponent=exponent,
                     train_on=train_on if V is not None else "samples", exciton_windows=exciton_windows,
                     plasmon_window=plasmon_window, ensemble_kw=ensemble_kw, n_vacuum=m, n_samples=n, fwhm=fwhm,
                     window=wdesc if isinstance(wins, str) else wins.tolist(), window_rule=wdesc)
     if onset_model != "power": settings["onset_model"] = onset_model
+    settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
     if ensemble is None:
         use_v = V is not None and train_on == "both"
         if use_v:

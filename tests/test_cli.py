@@ -58,11 +58,11 @@ def check_report(path, n_min=1):
 
 @pytest.mark.parametrize("command, options", [
     ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
-                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate", "--vacuum-dE1",
+                 "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate", "--no-calibrate", "--vacuum-dE1",
                  "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
     ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
                "--debug", "--max-memory", "--vacuum-below", "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
-    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model", "--calibrate", "--vacuum-dE1"]),
+    ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model", "--calibrate", "--no-calibrate", "--vacuum-dE1"]),
 ])
 def test_help_explains_every_option(capsys, command, options):
     rc, out, _ = run(capsys, [command, "--help"])
@@ -234,7 +234,9 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     assert d["cli"]["replicas"] == 16 and d["cli"]["command"].startswith("eelsnb spectra")
     assert d["onset_model"]["name"] == "power" and d["cli"]["onset_model"] == "power"   # the default model, said so
     assert "band_gap_power" not in s and "band_gap_power" not in d["pooled"]
-    assert d["spread_calibration"] is None and d["cli"]["calibrate"] is False        # the raw spread by default
+    # 'auto' by default: calibrated only at a vacuum ZLP FWHM of 0.1 eV or less; this one is 0.45 eV: the raw spread
+    assert d["cli"]["calibrate"] == "auto" and d["fwhm"] > 0.1
+    assert d["spread_calibration"] is None and d["settings"]["calibrate"] == {"requested": "auto", "tried": False}
     # the peak searches' default windows: WS2's A and B excitons, the plasmon in 10-40 eV, said in results.json
     assert d["cli"]["exciton_windows"] == [[1.8, 2.2], [2.2, 2.7]] and d["cli"]["plasmon_window"] == [10.0, 40.0]
     assert [x["name"] for x in s["excitons"]] == ["A", "B"] and s["plasmon"] is not None

@@ -123,7 +123,7 @@ def test_spread_calibration_matches_the_truth(closure):
 
 def test_pipeline_mode_runs_the_product_and_reuses_its_model(tmp_path):
     """`closure.py --pipeline` runs `analyse_spectra` itself (its defaults: the vacuum trained up to where it sinks to 10x
-    its noise, not the lowest sample dE1) and scores it against the truth; with a cache the saved model is loaded and gives
+    its noise, not the lowest sample dE1; calibrate='auto') and scores it against the truth; with a cache the saved model is loaded and gives
     the same record without training. Tiny ensemble: this checks the harness, not the closure figures."""
     import warnings
     from closure import analyse_group_pipeline, make_group, figures
@@ -138,8 +138,11 @@ def test_pipeline_mode_runs_the_product_and_reuses_its_model(tmp_path):
         np.testing.assert_array_equal(r1[k], r2[k], err_msg=k)
     assert len(r1["gap_median"]) == 3 and np.all(r1["n_replicas"] == 8)
     assert r1["vacuum_dE1"] > r1["dE1"].min(), (r1["vacuum_dE1"], r1["dE1"])   # the vacuum's tails, not held out
+    # analyse_spectra's default calibrate='auto' calibrates at this 0.08 eV ZLP: the factor (or nan where the held-out
+    # vacuum was too noisy) and the raw fit beside, the same from the saved model
+    assert r1["spread_scale_applied"] == r2["spread_scale_applied"] and "gap_median_raw" in r1
     f = figures([r1])
-    assert f["n_spectra"] == 3 and 0 <= f["band_gap"]["coverage"] <= 1 and "calibration" not in f
+    assert f["n_spectra"] == 3 and 0 <= f["band_gap"]["coverage"] <= 1 and "calibration" in f and "band_gap_raw" in f
 
 
 def test_step_by_step_trains_the_vacuum_as_the_library(tmp_path):
