@@ -588,8 +588,9 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     inp = spectra_inputs(samples, vacuum, energy, names)
     S, V, e = inp["samples"], inp["vacuum"], inp["energy"]
     n, m = len(S), 0 if V is None else len(V)
+    use_v = V is not None and train_on == "both"   # the vacuum spectra trained on (their tails), the rest held out
     if vacuum_dE1 is not None and ensemble is None:
-        if V is None or train_on != "both":
+        if not use_v:
             raise ValueError("vacuum_dE1: it ends the vacuum spectra's training window; give vacuum spectra (and train_on='both').")
         try: vacuum_dE1 = float(vacuum_dE1)
         except (TypeError, ValueError): raise TypeError(f"vacuum_dE1: expected a number (eV), got {vacuum_dE1!r}.") from None
@@ -609,7 +610,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     wins, jit, wdesc = _window_arg(window, n, fwhm, d1)   # checked before the (long) training
     sec["prepare"] = time.perf_counter() - t0
     requested = calibrate   # 'auto': calibrate a monochromated ZLP (where the raw intervals over-cover), trained here on vacuum
-    if calibrate == "auto": calibrate = V is not None and train_on == "both" and ensemble is None and fwhm <= CALIBRATION_MAX_FWHM
+    if calibrate == "auto": calibrate = use_v and ensemble is None and fwhm <= CALIBRATION_MAX_FWHM
     calibrate = bool(calibrate)
     # 3. the ZLP ensemble
     settings = dict(n_replicas=n_replicas, max_epochs=max_epochs, seed=seed, dE1=dE1, dE2=dE2, exponent=exponent,
@@ -619,9 +620,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if onset_model != "power": settings["onset_model"] = onset_model
     settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
     if ensemble is None:
-        use_v = V is not None and train_on == "both"
         if use_v:
-            vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (float(vacuum_dE1), max(float(vacuum_dE1) + 0.5, float(np.median(d2))))
+            vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (vacuum_dE1, max(vacuum_dE1 + 0.5, float(np.median(d2))))
             C, D1, D2 = np.concatenate([V, S]), np.r_[np.full(m, vd1), d1], np.r_[np.full(m, vd2), d2]
             settings.update(vacuum_dE1=vd1, vacuum_dE2=vd2)
         else: C, D1, D2 = S, d1, d2
