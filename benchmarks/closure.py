@@ -121,16 +121,15 @@ def _vacuum_window(vac, e, d2)->tuple:
     from eelsnb.analysis import vacuum_window, zlp_fwhm
     return vacuum_window(vac, e, zlp_fwhm(vac, e), d2)
 
-def _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)->tuple:
-    """One ensemble on the vacuum (trained up to where it sinks to 10x its noise, `_vacuum_window`) and the samples (each
-    up to its dE1): its ZLP replicas of the samples (n_rep, n_samples, n_E) and of the vacuum (held out beyond its
-    window), the training seconds, the median validation chi^2 and the number of outlier replicas (dropped with
-    `drop_outliers`)."""
+def _train(smp, vac, e, d1, d2, vwin, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)->tuple:
+    """One ensemble on the vacuum (trained over `vwin` = (vd1, vd2) from `_vacuum_window`: up to where it sinks to 10x its
+    noise) and the samples (each up to its dE1): its ZLP replicas of the samples (n_rep, n_samples, n_E) and of the vacuum
+    (held out beyond vd1), the training seconds, the median validation chi^2 and the number of outlier replicas (dropped
+    with `drop_outliers`)."""
     from eelsnb.replicas import training_set_from_spectra
     from eelsnb.ensemble import ZLPEnsemble
     nv = len(vac)
-    vd1, vd2 = _vacuum_window(vac, e, d2)
-    D1, D2 = np.r_[np.full(nv, vd1), d1], np.r_[np.full(nv, vd2), d2]
+    D1, D2 = np.r_[np.full(nv, vwin[0]), d1], np.r_[np.full(nv, vwin[1]), d2]
     ts = training_set_from_spectra(np.concatenate([vac, smp]), e, D1, D2, n_replicas=n_replicas, seed=seed,
                                    read_noise=read_noise)
     ekw = dict(progress_bar=False, accelerator="cpu", **(ensemble_kw or {}))
@@ -175,7 +174,7 @@ def analyse_group(group:dict, # from `make_group`
         if "vacuum_dE1" not in c:
             raise ValueError(f"cache: {cache} was trained with the vacuum only up to the lowest sample dE1 (closure.py of "
                              "session 13 or older); remove it, or use another --cache directory.")
-        zv = c["zlp_vacuum"].astype(float)
+        zv, vwin = c["zlp_vacuum"].astype(float), _vacuum_window(vac, e, d2)
         t_train, chi2_valid, n_out = float(c["train_s"]), float(c["chi2_valid"]), int(c["outliers"])
         if zlp.shape[1:] != smp.shape: raise ValueError(f"cache: {cache} holds ZLP replicas of shape {zlp.shape[1:]}, not {smp.shape}.")
     else:
@@ -184,22 +183,22 @@ def analyse_group(group:dict, # from `make_group`
             from eelsnb.analysis import zlp_fwhm
             fw = zlp_fwhm(vac, e)
             d1 = np.maximum(d1 - guard * fw, fw)
-        zlp, zv, t_train, chi2_valid, n_out = _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise,
+        vwin = _vacuum_window(vac, e, d2)
+        zlp, zv, t_train, chi2_valid, n_out = _train(smp, vac, e, d1, d2, vwin, n_replicas, max_epochs, seed, read_noise,
                                                      ensemble_kw, drop_outliers)
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cache, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, dE2=d2,
                                 dE1_fallback=fallback, train_s=t_train, chi2_valid=chi2_valid, outliers=n_out,
-                                vacuum_dE1=_vacuum_window(vac, e, d2)[0])
+                                vacuum_dE1=vwin[0])
     if refine is not None:
-        zlp, zv, d1, refined, t2 = _refined(group, smp, vac, e, zlp, zv, d1, d2, refine, n_replicas, max_epochs, seed, read_noise,
+        zlp, zv, d1, refined, t2 = _refined(group, smp, vac, e, zlp, zv, d1, d2, vwin, refine, n_replicas, max_epochs, seed, read_noise,
                                             calibrate, fit_kw, ensemble_kw, drop_outliers, cache)
         t_train += t2
     zt = shift_spectra(group["zlp_true"], shifts / (e[1] - e[0]))
     # the spread calibration from the held-out vacuum counts, and (a diagnostic only the truth allows) the factor the
     # samples' own true ZLPs between dE1 and dE2 would have asked for
-    vd1, vd2 = _vacuum_window(vac, e, d2)
-    try: cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, (vd1, vd2))
+    try: cal = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, vwin)
     except ValueError as err:   # as `analyse_spectra`: too little signal held out, the raw spread kept
         if calibrate: warnings.warn(f"spread calibration skipped, the raw spread kept: {err}")
         cal = None
@@ -221,7 +220,7 @@ def analyse_group(group:dict, # from `make_group`
                n_failed_replicas=fit.failed.sum(0), n_replicas=np.full(len(d1), fit.failed.shape[0]),
                chi2_valid=chi2_valid, outliers=n_out, train_s=t_train, seconds=time.perf_counter() - t0,
                spread_scale=np.nan if cal is None else cal.scale, spread_scale_applied=applied, spread_scale_oracle=oracle,
-               vacuum_coverage_before=np.nan if cal is None else cal.coverage_before, vacuum_dE1=vd1, **raw)
+               vacuum_coverage_before=np.nan if cal is None else cal.coverage_before, vacuum_dE1=vwin[0], **raw)
     if refine is not None: out["refined"] = refined
     if keep: out.update(zlp=zlp, inelastic=inel, fit=fit, energy=e, counts=smp)
     if twins: out.update(_twins(smp, e, vac, n_replicas, max_epochs, seed, read_noise, dE1_kw, fit_kw, ensemble_kw, g=group, cache=cache))
@@ -294,9 +293,11 @@ def analyse_group_pipeline(group:dict, # from `make_group`
     out.update(_zlp_diagnostics(res.subtraction.zlp, zt, it, res.window.dE1, group["band_gap"], e))
     if calibrate is not False:   # calibrated or 'auto': the raw fit beside (the same fit where nothing was calibrated)
         e_ = res.ensemble
-        kept, e_.spread_calibration = e_.spread_calibration, None
-        try: raw = run(ensemble=e_, **w)   # the same ensemble, its raw spread: the raw fit beside
-        finally: e_.spread_calibration = kept
+        if res.subtraction.spread_scale == 1.0: raw = res   # nothing calibrated: the raw fit is this one
+        else:
+            kept, e_.spread_calibration = e_.spread_calibration, None
+            try: raw = run(ensemble=e_, **w)   # the same ensemble, its raw spread: the raw fit beside
+            finally: e_.spread_calibration = kept
         r_ = raw.summary("band_gap")
         try: oracle = calibrate_spread(raw.subtraction.zlp, zt, np.full_like(zt, 1e-6), e,
                                        np.stack([res.window.dE1, res.window.dE2], -1)).scale
@@ -306,7 +307,7 @@ def analyse_group_pipeline(group:dict, # from `make_group`
                    gap_median_raw=r_.median, gap_low_raw=r_.low, gap_high_raw=r_.high, n_valid_raw=np.asarray(r_.n_valid))
     return out
 
-def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, seed, read_noise, calibrate, fit_kw, ensemble_kw,
+def _refined(group, smp, vac, e, zlp, zv, d1, d2, vwin, k, n_replicas, max_epochs, seed, read_noise, calibrate, fit_kw, ensemble_kw,
              drop_outliers, cache):
     """dE1 refinement: fit the band gap with the first ensemble; where dE1 lies less than 1 FWHM below the fitted median gap
     (the sample's onset, blurred by the resolution, then reaches into the ZLP training data), set dE1 = gap - k FWHM
@@ -319,7 +320,7 @@ def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, see
     fw = zlp_fwhm(vac, e)
     z = zlp
     if calibrate:
-        try: k_ = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, _vacuum_window(vac, e, d2)).scale
+        try: k_ = calibrate_spread(zv, vac, sigma_poisson(vac, read_noise), e, vwin).scale
         except ValueError: k_ = 1.0
         z = scale_spread(zlp, k_)
     g = fit_band_gap(smp[None] - z, e, resolution=z, seed=seed, **{"spread_scale": k_ if calibrate else 1.0, **(fit_kw or {})})
@@ -331,7 +332,7 @@ def _refined(group, smp, vac, e, zlp, zv, d1, d2, k, n_replicas, max_epochs, see
     if rc is not None and Path(rc).exists():
         c = np.load(rc)
         return c["zlp"].astype(float), c["zlp_vacuum"].astype(float), c["dE1"], c["refined"], float(c["train_s"])
-    zlp, zv, t_train, _, _ = _train(smp, vac, e, d1, d2, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)
+    zlp, zv, t_train, _, _ = _train(smp, vac, e, d1, d2, vwin, n_replicas, max_epochs, seed, read_noise, ensemble_kw, drop_outliers)
     if rc is not None:
         np.savez_compressed(rc, zlp=zlp.astype(np.float32), zlp_vacuum=zv.astype(np.float32), dE1=d1, refined=refined,
                             train_s=t_train)
