@@ -21,9 +21,9 @@ from .onset import fit_onset_excitons
 from .physics import t_over_lambda, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
-__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'ONSET_MODELS', 'spectra_inputs',
-           'zlp_fwhm', 'relative_spread', 'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps',
-           'SpectraResults', 'analyse_spectra']
+__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'EXPONENT_MAX_FWHM', 'ONSET_MODELS',
+           'spectra_inputs', 'zlp_fwhm', 'relative_spread', 'spectra_sigma', 'vacuum_window', 'band_gap_windows',
+           'fit_band_gaps', 'exponent_caution', 'SpectraResults', 'analyse_spectra']
 
 # %% ../nbs/09_analysis.ipynb #5de00308
 def _step(e): return float((e[-1] - e[0]) / (len(e) - 1))
@@ -263,6 +263,19 @@ RESULTS_FILE, MODEL_DIR, SPECTRA_DIR = "results.json", "model", "spectra"
 # above this vacuum ZLP FWHM (eV) a calibration that narrows the intervals is known to under-cover on synthetic truth
 # (09, "Calibrated intervals": at 0.12-0.15 eV the vacuum's factor is 0.24-0.80x what the samples' true ZLPs ask for)
 CALIBRATION_MAX_FWHM = 0.1
+# above this ZLP FWHM (eV) the onset exponent b is not measured (09, "The exponent b at low resolution"): the ZLP replicas
+# beyond dE1 scatter by as much as the onset signal, and every replica's fit bends towards a late, steep onset
+EXPONENT_MAX_FWHM = 0.17
+
+def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
+                    )->str|None: # the caution, or None at a resolution where b was recovered on synthetic truth
+    "Why b is not to be quoted at a ZLP FWHM above `EXPONENT_MAX_FWHM`, with the synthetic-truth figures behind it."
+    if fwhm is None or not np.isfinite(fwhm) or fwhm <= EXPONENT_MAX_FWHM: return None
+    return (f"the exponent b is not measured at a ZLP FWHM of {fwhm:.2f} eV: on synthetic truth above {EXPONENT_MAX_FWHM:g} eV "
+            "(benchmarks/closure.py --pipeline, 0.2-0.45 eV) a true b of 0.5 and one of 1.5 came out alike (medians 0.16-0.44 "
+            "and 0.16-0.46) and the 68% intervals held b = 1.5 for 10 of 72 spectra, while at 0.08-0.15 eV b = 1.5 came out "
+            "at 1.0-1.4: the ZLP replicas beyond dE1 scatter by as much as the onset signal, and each replica's fit bends "
+            "towards a late, steep onset; quote the band gap, not b")
 ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
                 "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
                             "the ZLP (eelsnb.onset.fit_onset_excitons); band_gap_power/exponent_power: the power law"}
@@ -295,6 +308,11 @@ class SpectraResults:
     def n_rep(self)->int: return self.subtraction.zlp.shape[0]
     @property
     def n_samples(self)->int: return len(self.names)
+
+    @property
+    def cautions(self)->list:
+        "What these numbers must be read with: a calibration that narrows the intervals where that under-covers, an exponent b that is not measured."
+        return [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("calibration_caution", "exponent_caution") if self.settings.get(k)]
 
     def _fit_of(self, name:str):
         "The fit and quantity behind 'band_gap', 'exponent' (the chosen onset model) or 'band_gap_power', 'exponent_power'."
@@ -349,7 +367,7 @@ class SpectraResults:
         pooled = {k: _q(self.pooled(k)) for k in ("band_gap", "exponent", "t_over_lambda")}
         if self.onset_model != "power": pooled.update({k: _q(self.pooled(k)) for k in ("band_gap_power", "exponent_power")})
         return dict(onset_model=dict(name=self.onset_model, description=ONSET_MODELS[self.onset_model]), samples=samples,
-                    pooled=pooled,
+                    pooled=pooled, cautions=self.cautions,
                     vacuum=self.vacuum_names or [], fwhm=self.fwhm, spread_calibration=self.settings.get("spread_calibration"),
                     ensemble=dict(n_replicas=int(ens.n_replicas), n_outliers=int(np.sum(ens.outliers)),
                                   inputs=list(ens.input_names),
@@ -379,7 +397,8 @@ class SpectraResults:
         d = self.to_dict()
         names = list(self.exciton_names)
         tag = "" if self.onset_model == "power" else f", {self.onset_model}"
-        head = ["sample", f"E_bg (eV{tag})", f"b{' (' + self.onset_model + ')' if tag else ''}", "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits", "edge fits"]
+        bh = "b" + (f" ({self.onset_model})" if tag else "") + (" (not measured: see the cautions)" if self.settings.get("exponent_caution") else "")
+        head = ["sample", f"E_bg (eV{tag})", bh, "t/lambda", *[f"exciton {n} (eV)" for n in names], "plasmon (eV)", "dE1 (eV)", "dE2 (eV)", "failed fits", "edge fits"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in d["samples"]:
             cells = [s["file"], g(s["band_gap"], 2), g(s["exponent"], 2), g(s["t_over_lambda"], 3),
@@ -395,6 +414,7 @@ class SpectraResults:
         lines = [f"SpectraResults: {self.n_samples} samples, {self.n_rep} replicas, ZLP FWHM {self.fwhm:.3f} eV"
                  + ("" if self.onset_model == "power" else f"; band gap and b from the {self.onset_model} onset model (eelsnb.onset)")
                  + self._calibration_line()]
+        if self.settings.get("exponent_caution"): lines.append(f"  CAUTION: {self.settings['exponent_caution']}")
         for s in self.to_dict()["samples"]:
             g = lambda q, p=3: "n/a" if q["median"] is None else f"{q['median']:.{p}f} [{q['low']:.{p}f}, {q['high']:.{p}f}]"
             ex = ", ".join(f"{x['name']} {x['position']['median']:.2f}" for x in s["excitons"] if x["position"]["median"] is not None)
@@ -619,6 +639,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     window=wdesc if isinstance(wins, str) else wins.tolist(), window_rule=wdesc)
     if onset_model != "power": settings["onset_model"] = onset_model
     settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
+    xc = exponent_caution(fwhm) if exponent is None else None   # a fixed b is the user's, not a measurement
+    if xc:
+        settings["exponent_caution"] = xc
+        warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
     if ensemble is None:
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (vacuum_dE1, max(vacuum_dE1 + 0.5, float(np.median(d2))))

@@ -394,6 +394,9 @@ def _table(header:list, rows:list)->str:
 def summary_html(d:dict)->str:
     "The summary tables of a results dict: one row per sample, then every other median/low/high summary."
     parts = []
+    cautions = d.get("cautions") or []
+    if cautions:   # what the numbers below must be read with, before the numbers
+        parts.append("<h2>Cautions</h2><ul>" + "".join(f"<li><b>{html.escape(str(c))}</b></li>" for c in cautions) + "</ul>")
     samples = d.get("samples") or []
     if samples:
         om = d.get("onset_model")
@@ -481,6 +484,11 @@ def _add_cli_info(stage:Path, info:dict):
     d["cli"] = info
     _write_text_atomic(f, json.dumps(d, indent=2, default=str) + "\n")
 
+def _print_summaries(d:dict):
+    "An SI's map summaries (median [16%, 84%] over the pixels' medians), then its cautions."
+    for name, s in _summaries(d): print(f"{name}: {format_summary(s, 3)}", flush=True)
+    for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)
+
 def _print_samples(d:dict):
     for s in d.get("samples", []):
         print(f"{s.get('file')}: band gap {format_summary(s.get('band_gap', {}), 3, True)} eV, "
@@ -488,6 +496,7 @@ def _print_samples(d:dict):
               f"t/lambda {format_summary(s.get('t_over_lambda', {}), 3, True)}, dE1 {_cell(s.get('dE1'))} eV, "
               f"dE2 {_cell(s.get('dE2'))} eV" + ("" if "band_gap_power" not in s else
               f"; power law: band gap {format_summary(s['band_gap_power'], 3, True)} eV, exponent {format_summary(s['exponent_power'], 3, True)}"), flush=True)
+    for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)   # what the lines above must be read with
 
 def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
     log(f"writing {out}")
@@ -581,8 +590,7 @@ def run_image(args, log:Progress|None=None)->Path:
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
                 vacuum_below=args.vacuum_below, **_windows_info(exc, plw))
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
-    if not args.quiet:
-        for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
+    if not args.quiet: _print_summaries(res.to_dict())
     return out
 
 def run_image_large(args, path:Path, log:Progress)->Path:
@@ -605,8 +613,7 @@ def run_image_large(args, path:Path, log:Progress)->Path:
     write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
     normal_modes(out)                        # results.json, maps, report: readable like any other output
     log(f"done: open {out / REPORT_FILE}")
-    if not args.quiet:
-        for name, s in _summaries(res.to_dict()): print(f"{name}: {format_summary(s, 3)}", flush=True)
+    if not args.quiet: _print_summaries(res.to_dict())
     return out
 
 def demo_files(specimen:int=4)->tuple:

@@ -22,7 +22,7 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
 # %% auto #0
 __all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'map_names', 'analysed_channels',
            'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk',
-           'jsonable', 'ImageResults', 'torch_threads', 'analyse_image']
+           'jsonable', 'kernels_fwhm', 'exponent_settings', 'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -247,6 +247,30 @@ def _map_stats(s:Summary)->dict:
     return dict(median=med(s.median), low=med(s.low), high=med(s.high), median_width=med(s.width),
                 n_pixels=int(ok.sum()), n_flagged=int((~ok).sum()))
 
+def kernels_fwhm(grid, # a `ConditionGrid` (the SI's resolution kernels: the median ZLP at its kernel-lattice nodes)
+                 conditions:dict|None=None, # condition values name -> (m,) of the pixels; None: the kernels the grid has evaluated
+                )->float|None: # median FWHM (eV) of those kernels; None without any
+    "The ZLP FWHM of an SI analysis, from the resolution kernels its band-gap fits used."
+    from eelsnb.bandgap import _fwhm
+    if conditions is not None: k = grid.kernels(np.unique(grid.kernel_nodes(conditions)))
+    else:
+        full = str(slice(None))
+        k = [v for (i, ck), v in list(grid._kernel_cache.items()) if ck == full]
+        k = np.stack(k) if k else np.zeros((0, len(grid.energy)))
+    return float(np.median(_fwhm(np.asarray(k, float), _step(grid.energy)))) if len(k) else None
+
+def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_fwhm`
+                      exponent=None, # the `exponent` argument of the analysis (a fixed b is not cautioned)
+                     )->dict: # {'zlp_fwhm': ...} plus 'exponent_caution' where the exponent map is not a measurement
+    "The settings entries of the exponent map's resolution, with the warning of `eelsnb.analysis.exponent_caution` where it applies."
+    from eelsnb.analysis import exponent_caution
+    d = dict(zlp_fwhm=None if fwhm is None else round(float(fwhm), 4))
+    xc = exponent_caution(fwhm) if exponent is None and fwhm is not None else None
+    if xc:
+        d["exponent_caution"] = xc
+        warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
+    return d
+
 def _versions()->dict:
     from eelsnb.ensemble import _versions as v
     out = v()
@@ -271,6 +295,11 @@ class ImageResults:
     nav_axes: list = field(default_factory=list, repr=False)  # calibration of the SI's navigation axes (y, x)
     title: str = ""
     condition_grid: object = field(default=None, repr=False)  # the ConditionGrid used (not saved)
+
+    @property
+    def cautions(self)->list:
+        "What the maps must be read with: an exponent map that is not a measurement at this resolution (`eelsnb.analysis.exponent_caution`)."
+        return [f"exponent: {self.settings['exponent_caution']}"] if self.settings.get("exponent_caution") else []
 
     def _summary(self, name:str)->Summary:
         if name not in self.maps: raise ValueError(f"name: no map {name!r}; the maps are {list(self.maps)}.")
@@ -305,7 +334,7 @@ class ImageResults:
                                         pixels_with_failures=int((nf > 0).sum()), pixels_all_failed=int((nf == self.n_rep).sum()),
                                         by_reason={k: int(v) for k, v in self.failed_by_reason.items()},
                                         file=f"{MAPS_DIR}/n_failed.hspy"),
-                 grid=jsonable(self.grid), settings=jsonable(self.settings),
+                 grid=jsonable(self.grid), settings=jsonable(self.settings), cautions=self.cautions,
                  seconds={k: float(v) for k, v in self.seconds.items()}, versions=_versions(), model_dir=MODEL_DIR)
         if self.clusters is not None:
             d["clusters"] = dict(n_clusters=int(self.clusters.n_clusters), sizes=[int(v) for v in self.clusters.sizes],
@@ -346,6 +375,7 @@ class ImageResults:
         f = d["band_gap_failures"]
         lines.append(f"  band-gap fits failed: {f['failed']} of {f['fits']} ({f['pixels_all_failed']} pixels with no valid fit)")
         if self.grid: lines.append(f"  grid: {self.grid.get('shape')} nodes per axis, {self.grid.get('nodes')} evaluated, error ratio {self.grid.get('error_ratio', float('nan')):.3g}")
+        lines += [f"  CAUTION: {c}" for c in self.cautions]
         return "\n".join(lines)
     def __repr__(self): return self.report()
 
@@ -558,7 +588,8 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                     exciton_windows=[list(map(float, w)) for w in (exciton_windows or ())],
                     plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), tol=float(tol),
                     dE1=[float(v) for v in np.atleast_1d(ensemble.dE1)], dE2=[float(v) for v in np.atleast_1d(ensemble.dE2)],
-                    bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below)
+                    bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below,
+                    **exponent_settings(kernels_fwhm(it.grid), exponent))   # the kernels the band-gap fits used
     seconds = dict(cluster=t1 - t0, train=t2 - t1, grid=t3 - t2, chunks=t4 - t3, total=t4 - t0)
     return ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid, reasons,
                         settings, seconds, nav_axes, title, it.grid)

@@ -18,7 +18,7 @@ from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
 from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults,
-                          map_names, jsonable, peak_windows_on)
+                          map_names, jsonable, peak_windows_on, kernels_fwhm, exponent_settings)
 from .subtract import _positive
 
 # %% auto #0
@@ -673,6 +673,8 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             try: grid.coords({n: d[n][usable] for n in ens.condition_names})
             except ValueError as err:
                 raise ValueError(f"reuse_grid: the given run's grid does not cover this SI's pixels ({err}); use reuse_grid=False.") from None
+            # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
+            xs = {} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, {n: d[n][usable] for n in ens.condition_names}), exponent)
             secs["grid"] = time.perf_counter() - t; t = time.perf_counter()
             # the masks after dead/hot are what pass 2 uses: store them in pass1.zarr's 'masked' (block by block)
             st1 = ChunkStore.open(out / "work/pass1.zarr", (ny, nx), list(P1_NAMES), rows, fp, dtypes=P1_DTYPES)
@@ -689,7 +691,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             for k, v in r["reasons"].items(): reasons[k] = reasons.get(k, 0) + v
         prev = json.loads((out / "work/reasons.json").read_text()) if (out / "work/reasons.json").is_file() else {}
         for k, v in prev.items(): reasons[k] = reasons.get(k, 0) + v   # blocks of an earlier, killed run
-        res = _finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt)
+        res = _finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt, xs)
         return res
     finally:
         lock.release()
@@ -718,7 +720,7 @@ def wants_large(si, # path, signal or array (as `open_si`)
     return float(np.prod(shape, dtype=np.float64)) * 8 > max_bytes
 
 # %% ../nbs/14_large.ipynb #606c9697
-def _finish(out, run, ens, grid, flags, masked, labels, centers, proxy, reasons, secs, t0, names, fmt)->ImageResults:
+def _finish(out, run, ens, grid, flags, masked, labels, centers, proxy, reasons, secs, t0, names, fmt, extra=None)->ImageResults:
     import hyperspy.api as hs
     from eelsnb.cluster import Clusters, _label_signal
     from eelsnb.image import _stack_signal, _write
@@ -732,7 +734,7 @@ def _finish(out, run, ens, grid, flags, masked, labels, centers, proxy, reasons,
     g = dict(names=list(grid.names), shape=list(grid.shape), nodes=grid.n_nodes, error_ratio=grid.error_ratio,
              chunk_pixels=run["chunk_pixels"], rows=run["rows"], blocks=st.n_blocks)
     secs["total"] = time.perf_counter() - t0
-    s = dict(run["settings"]); s.update(dE1=[float(v) for v in np.atleast_1d(ens.dE1)], dE2=[float(v) for v in np.atleast_1d(ens.dE2)])
+    s = dict(run["settings"]); s.update(dE1=[float(v) for v in np.atleast_1d(ens.dE1)], dE2=[float(v) for v in np.atleast_1d(ens.dE2)], **(extra or {}))
     res = ImageResults(np.asarray(run["energy"]), (ny, nx), maps, n_failed, int(ens.n_replicas), clusters, ens, g, reasons,
                        s, {k: float(v) for k, v in secs.items()}, run["nav_axes"], run["title"])
     nav = run["nav_axes"]; ext = fmt

@@ -253,8 +253,12 @@ def test_spectra_run_writes_results(spectra_run, tmp_path):
     bad = {k: oct(v) for k, v in modes.items() if v != (dmode if (out / k).is_dir() else fmode)}
     assert not bad, bad
     assert "eelsnb [" in stderr and "analysing" in stderr                # progress lines
-    # stdout holds the results only (one line per sample); training progress went to stderr
-    assert stdout.strip().splitlines() == [l for l in stdout.strip().splitlines() if l.startswith("sample_14.txt: band gap")]
+    # at 0.45 eV the exponent b is not measured: said in results.json, at the top of the report and after the results
+    assert len(d["cautions"]) == 1 and d["cautions"][0].startswith("exponent: the exponent b is not measured at a ZLP FWHM of 0.4")
+    assert d["settings"]["exponent_caution"] in d["cautions"][0] and h.index("Cautions") < h.index("Results per sample")
+    # stdout holds the results only (one line per sample, then the cautions); training progress went to stderr
+    assert stdout.strip().splitlines() == [l for l in stdout.strip().splitlines() if l.startswith("sample_14.txt: band gap")] + \
+        [f"CAUTION: {c}" for c in d["cautions"]]
     assert "Epoch" in stderr and "Epoch" not in stdout
 
 
@@ -431,6 +435,9 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     assert d["cli"]["exciton_windows"] == [[1.9, 2.2]] and d["cli"]["plasmon_window"] is None
     maps = {k.split(".")[-1] for k in flat}
     assert "exciton_position" in maps and not {m for m in maps if m.startswith(("exciton2", "plasmon"))}, sorted(maps)
+    # the synthetic SI's ZLP is 0.45 eV wide: the exponent map is not a measurement, said in results.json, report, stdout
+    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"] == ["exponent: " + d["settings"]["exponent_caution"]]
+    assert "Cautions" in (out / "report.html").read_text() and stdout.strip().splitlines()[-1] == "CAUTION: " + d["cautions"][0]
 
 
 def _strings(d):
@@ -489,6 +496,9 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert any(n.split(".")[0] == "t_over_lambda" or n.endswith("t_over_lambda") for n in flat), sorted(flat)
     maps = {p.name for p in (out / "maps").iterdir()}
     assert "quality.zspy" in maps and "t_over_lambda.zspy" in maps, sorted(maps)
+    # the large pipeline says the same of its exponent map (the ZLP of the kernels its band-gap fits used)
+    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"] == ["exponent: " + d["settings"]["exponent_caution"]]
+    assert stdout.strip().splitlines()[-1] == "CAUTION: " + d["cautions"][0]
     check_report(out / "report.html")
     assert oct((out / "results.json").stat().st_mode & 0o777) != oct(0o600)
     before = (out / "results.json").read_text()
