@@ -273,8 +273,8 @@ def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
     if fwhm is None or not np.isfinite(fwhm) or fwhm <= EXPONENT_MAX_FWHM: return None
     return (f"the exponent b is not measured at a ZLP FWHM of {fwhm:.2f} eV: on synthetic truth above {EXPONENT_MAX_FWHM:g} eV "
             "(benchmarks/closure.py --pipeline, 0.2-0.45 eV) a true b of 0.5 and one of 1.5 came out alike (medians 0.16-0.44 "
-            "and 0.16-0.46) and the 68% intervals held b = 1.5 for 10 of 72 spectra, while at 0.08-0.15 eV b = 1.5 came out "
-            "at 1.0-1.4: the ZLP replicas beyond dE1 scatter by as much as the onset signal, and each replica's fit bends "
+            "and 0.22-0.46) and the 68% intervals held b = 1.5 for 10 of 72 spectra, while at 0.08-0.15 eV b = 0.5 came out "
+            "at 0.40-0.43 and b = 1.5 at 0.74-1.38: the ZLP replicas beyond dE1 scatter by as much as the onset signal, and each replica's fit bends "
             "towards a late, steep onset; quote the band gap, not b")
 ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
                 "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
