@@ -252,11 +252,7 @@ def kernels_fwhm(grid, # a `ConditionGrid` (the SI's resolution kernels: the med
                 )->float|None: # median FWHM (eV) of those kernels; None without any
     "The ZLP FWHM of an SI analysis, from the resolution kernels its band-gap fits used."
     from eelsnb.bandgap import _fwhm
-    if conditions is not None: k = grid.kernels(np.unique(grid.kernel_nodes(conditions)))
-    else:
-        full = str(slice(None))
-        k = [v for (i, ck), v in list(grid._kernel_cache.items()) if ck == full]
-        k = np.stack(k) if k else np.zeros((0, len(grid.energy)))
+    k = grid.kernels(np.unique(grid.kernel_nodes(conditions))) if conditions is not None else grid.evaluated_kernels()
     return float(np.median(_fwhm(np.asarray(k, float), _step(grid.energy)))) if len(k) else None
 
 def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_fwhm`

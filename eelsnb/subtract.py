@@ -552,6 +552,12 @@ class ConditionGrid:
                 self._kernel_cache[(i, ck)] = np.median(np.exp(self.store.data[:, r, channels]), 0)
         return np.stack([self._kernel_cache[(i, ck)] for i in ids.tolist()])
 
+    def evaluated_kernels(self, channels=slice(None))->np.ndarray:
+        "The kernels (G, k) that `kernels` has evaluated so far on `channels`, in the order they were first asked for: those an analysis used."
+        ck = str(channels)
+        k = [v for (i, c), v in list(self._kernel_cache.items()) if c == ck]
+        return np.stack(k) if k else np.zeros((0, len(self.energy[channels])))
+
     def prepare(self, values:dict)->tuple:
         "(rows (m, 2^da) into the node store, weights (m, 2^da)) for condition values; evaluates missing nodes."
         ids, w = self._corners(self.coords(values))
