@@ -492,7 +492,7 @@ class SpectraResults:
         f.update_layout(title=("Band-gap onset fits A (R * (E - E_bg)^b) over the subtracted data; dashed: median E_bg" if self.onset_model == "power" else
                                "Exciton-aware onset fits R * [A (E - E_bg)^b + excitons] over the subtracted data; dashed blue: median E_bg"), height=300 * rows)
         figs["onset"] = f
-        f = make_subplots(rows=1, cols=3, subplot_titles=("band gap (eV)", "exponent b", "t/lambda"))
+        f = make_subplots(rows=1, cols=3, subplot_titles=("band gap (eV)", "exponent b" + (" (not measured: see the cautions)" if self.settings.get("exponent_caution") else ""), "t/lambda"))
         for c, k in enumerate(("band_gap", "exponent", "t_over_lambda"), 1):
             s = self.summary(k)
             f.add_trace(go.Scatter(x=self.names, y=s.median, mode="markers", marker=dict(size=9, color="black"),

@@ -349,7 +349,8 @@ class ImageResults:
             f.add_trace(go.Heatmap(z=s.median, colorscale="Viridis", colorbar=dict(x=0.44), name="median"), 1, 1)
             f.add_trace(go.Heatmap(z=s.width, colorscale="Magma", colorbar=dict(x=1.0), name="width"), 1, 2)
             for c in (1, 2): f.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if c == 1 else c}", row=1, col=c)
-            f.update_layout(title=f"{n} per pixel (median and 68% interval width over {self.n_rep} replicas)", height=420)
+            nm = " (not measured at this resolution: see the cautions)" if n == "exponent" and self.settings.get("exponent_caution") else ""
+            f.update_layout(title=f"{n} per pixel (median and 68% interval width over {self.n_rep} replicas){nm}", height=420)
             figs[n] = f
         f = go.Figure(go.Heatmap(z=self.n_failed, colorscale="Reds", colorbar=dict(title="failed")))
         f.update_layout(title=f"band-gap fits failed per pixel (of {self.n_rep} replicas)", height=420)
