@@ -268,16 +268,20 @@ CALIBRATION_MAX_FWHM = 0.1
 EXPONENT_MAX_FWHM = 0.17
 
 def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
+                     exponent=None, # the analysis' `exponent`: a b the user fixed is not a measurement, nothing to caution
+                     warn:bool=False, # also issue the caution as a warning (what the analyses do)
                     )->str|None: # the caution, or None at a resolution where b was recovered on synthetic truth
     "Why b is not to be quoted at a ZLP FWHM above `EXPONENT_MAX_FWHM`, with the synthetic-truth figures behind it."
-    if fwhm is None or not np.isfinite(fwhm) or fwhm <= EXPONENT_MAX_FWHM: return None
-    return (f"the exponent b is not measured at a ZLP FWHM of {fwhm:.2f} eV: on synthetic truth above {EXPONENT_MAX_FWHM:g} eV "
-            "(benchmarks/closure.py --pipeline, 0.2-0.45 eV) a true b of 0.5 and one of 1.5 came out alike (medians 0.16-0.44 "
-            "and 0.22-0.46) and the 68% intervals held b = 1.5 for 10 of 72 spectra, while at 0.08-0.15 eV b = 0.5 came out "
-            "at 0.40-0.43 and b = 1.5 at 0.74-1.38: the ZLP replicas beyond dE1 scatter by as much as the onset signal, and each replica's fit bends "
-            "towards a late, steep onset. Quote the band gap, not b; its intervals there held 0.83-1.00 of the direct gaps "
-            "(median error 0.05-0.09 eV) but only 0.54-0.75 of the indirect ones (0.17-0.25 eV), whose slow start hides "
-            "in the same scatter")
+    if exponent is not None or fwhm is None or not np.isfinite(fwhm) or fwhm <= EXPONENT_MAX_FWHM: return None
+    xc = (f"the exponent b is not measured at a ZLP FWHM of {fwhm:.2f} eV: on synthetic truth above {EXPONENT_MAX_FWHM:g} eV "
+          "(benchmarks/closure.py --pipeline, 0.2-0.45 eV) a true b of 0.5 and one of 1.5 came out alike (medians 0.16-0.44 "
+          "and 0.22-0.46) and the 68% intervals held b = 1.5 for 10 of 72 spectra, while at 0.08-0.15 eV b = 0.5 came out "
+          "at 0.40-0.43 and b = 1.5 at 0.74-1.38: the ZLP replicas beyond dE1 scatter by as much as the onset signal, and each replica's fit bends "
+          "towards a late, steep onset. Quote the band gap, not b; its intervals there held 0.83-1.00 of the direct gaps "
+          "(median error 0.05-0.09 eV) but only 0.54-0.75 of the indirect ones (0.17-0.25 eV), whose slow start hides "
+          "in the same scatter")
+    if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
+    return xc
 ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
                 "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
                             "the ZLP (eelsnb.onset.fit_onset_excitons); band_gap_power/exponent_power: the power law"}
@@ -641,10 +645,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     window=wdesc if isinstance(wins, str) else wins.tolist(), window_rule=wdesc)
     if onset_model != "power": settings["onset_model"] = onset_model
     settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
-    xc = exponent_caution(fwhm) if exponent is None else None   # a fixed b is the user's, not a measurement
-    if xc:
-        settings["exponent_caution"] = xc
-        warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
+    xc = exponent_caution(fwhm, exponent, warn=True)
+    if xc: settings["exponent_caution"] = xc
     if ensemble is None:
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (vacuum_dE1, max(vacuum_dE1 + 0.5, float(np.median(d2))))

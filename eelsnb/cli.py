@@ -484,10 +484,14 @@ def _add_cli_info(stage:Path, info:dict):
     d["cli"] = info
     _write_text_atomic(f, json.dumps(d, indent=2, default=str) + "\n")
 
+def _print_cautions(d:dict):
+    "The cautions of a results dict, one line each: what the lines printed before them must be read with."
+    for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)
+
 def _print_summaries(d:dict):
     "An SI's map summaries (median [16%, 84%] over the pixels' medians), then its cautions."
     for name, s in _summaries(d): print(f"{name}: {format_summary(s, 3)}", flush=True)
-    for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)
+    _print_cautions(d)
 
 def _print_samples(d:dict):
     for s in d.get("samples", []):
@@ -496,7 +500,7 @@ def _print_samples(d:dict):
               f"t/lambda {format_summary(s.get('t_over_lambda', {}), 3, True)}, dE1 {_cell(s.get('dE1'))} eV, "
               f"dE2 {_cell(s.get('dE2'))} eV" + ("" if "band_gap_power" not in s else
               f"; power law: band gap {format_summary(s['band_gap_power'], 3, True)} eV, exponent {format_summary(s['exponent_power'], 3, True)}"), flush=True)
-    for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)   # what the lines above must be read with
+    _print_cautions(d)
 
 def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
     log(f"writing {out}")

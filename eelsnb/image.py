@@ -261,10 +261,8 @@ def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_f
     "The settings entries of the exponent map's resolution, with the warning of `eelsnb.analysis.exponent_caution` where it applies."
     from eelsnb.analysis import exponent_caution
     d = dict(zlp_fwhm=None if fwhm is None else round(float(fwhm), 4))
-    xc = exponent_caution(fwhm) if exponent is None and fwhm is not None else None
-    if xc:
-        d["exponent_caution"] = xc
-        warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
+    xc = exponent_caution(fwhm, exponent, warn=True)
+    if xc: d["exponent_caution"] = xc
     return d
 
 def _versions()->dict:

@@ -663,18 +663,18 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             ens = ZLPEnsemble.load(mdir)                                   # every pass-2 process uses the saved model
             secs["train"] = time.perf_counter() - t; t = time.perf_counter()
             # ---- condition grid ----
+            cond = {n: d[n][usable] for n in ens.condition_names}             # the usable pixels' conditions
             if not (out / "grid.npz").is_file():
                 from eelsnb.subtract import condition_grid
-                cond = {n: d[n][usable] for n in ens.condition_names}
                 g = condition_grid(ens, e, cond, tol=tol, seed=seed, check_energy_axis=False)
                 if analysis != "thickness": g._ensure(np.unique(g.kernel_nodes(cond)))   # the resolution kernels' nodes, saved with the grid
                 save_grid(g, out / "grid.npz")
             grid = load_grid(out / "grid.npz", ens)
-            try: grid.coords({n: d[n][usable] for n in ens.condition_names})
+            try: grid.coords(cond)
             except ValueError as err:
                 raise ValueError(f"reuse_grid: the given run's grid does not cover this SI's pixels ({err}); use reuse_grid=False.") from None
             # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
-            xs = {} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, {n: d[n][usable] for n in ens.condition_names}), exponent)
+            xs = {} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent)
             secs["grid"] = time.perf_counter() - t; t = time.perf_counter()
             # the masks after dead/hot are what pass 2 uses: store them in pass1.zarr's 'masked' (block by block)
             st1 = ChunkStore.open(out / "work/pass1.zarr", (ny, nx), list(P1_NAMES), rows, fp, dtypes=P1_DTYPES)
