@@ -406,6 +406,13 @@ def summary_html(d:dict)->str:
         rows = [[html.escape(str(s.get("file", i)))] + [_cell(s.get(k, "")) for k, _ in cols] for i, s in enumerate(samples)]
         parts.append("<h2>Results per sample</h2><p>median [16%, 84%] over the replicas</p>"
                      + _table(["file"] + [h for _, h in cols], rows))
+    rows = (d.get("clusters") or {}).get("summaries") or []
+    if rows:
+        names = [n for n in rows[0] if _is_summary(rows[0][n])]
+        parts.append("<h2>Per thickness cluster</h2><p>median [16%, 84%] over each cluster's pixels (of their medians, "
+                     "16% and 84%); cluster 0 is the thinnest</p>"
+                     + _table(["cluster", "pixels"] + [html.escape(n) for n in names],
+                              [[_cell(r.get("cluster")), _cell(r.get("pixels"))] + [_cell(r.get(n, "")) for n in names] for r in rows]))
     rest = _summaries(d)
     if rest:
         parts.append("<h2>Summaries</h2><p>median [16%, 84%]</p>"
@@ -488,9 +495,14 @@ def _print_cautions(d:dict):
     "The cautions of a results dict, one line each: what the lines printed before them must be read with."
     for c in d.get("cautions") or []: print(f"CAUTION: {c}", flush=True)
 
+_CLUSTER_COLS = ("t_over_lambda", "band_gap", "exponent")   # printed per cluster (the report's table has every map)
+
 def _print_summaries(d:dict):
-    "An SI's map summaries (median [16%, 84%] over the pixels' medians), then its cautions."
+    "An SI's map summaries (median [16%, 84%] over the pixels' medians), the same per thickness cluster, then its cautions."
     for name, s in _summaries(d): print(f"{name}: {format_summary(s, 3)}", flush=True)
+    for r in (d.get("clusters") or {}).get("summaries") or []:
+        q = [f"{n} {format_summary(r[n], 3)}" for n in _CLUSTER_COLS if _is_summary(r.get(n))]
+        print(f"cluster {r.get('cluster')} ({r.get('pixels')} pixels): " + ", ".join(q), flush=True)
     _print_cautions(d)
 
 def _print_samples(d:dict):

@@ -20,9 +20,10 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
                              single_thread_kernels, _positive)
 
 # %% auto #0
-__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'map_names', 'analysed_channels',
-           'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below', 'analyse_chunk',
-           'jsonable', 'kernels_fwhm', 'exponent_settings', 'ImageResults', 'torch_threads', 'analyse_image']
+__all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'VACUUM_LIKE_T', 'map_names',
+           'analysed_channels', 'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below',
+           'analyse_chunk', 'jsonable', 'cluster_summaries', 'vacuum_cautions', 'kernels_fwhm', 'exponent_settings',
+           'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -247,6 +248,43 @@ def _map_stats(s:Summary)->dict:
     return dict(median=med(s.median), low=med(s.low), high=med(s.high), median_width=med(s.width),
                 n_pixels=int(ok.sum()), n_flagged=int((~ok).sum()))
 
+# A thickness cluster whose pixels' median t/lambda lies below this may be vacuum. Measured on synthetic SIs (flakes
+# on vacuum, 0.45 eV ZLP): the vacuum pixels' median t/lambda was -0.028..-0.008 on a 316 x 316 SI and +0.003 on a
+# 64 x 64 one (the ZLP model's bias); a WS2 monolayer's t/lambda is 0.005-0.01, so such a cluster may be one too.
+VACUUM_LIKE_T = 0.02
+
+def cluster_summaries(maps:dict, # name -> Summary of (ny, nx) arrays (`ImageResults.maps`)
+                      labels, # (ny, nx) thickness cluster of each pixel (`Clusters.labels`); < 0: in no cluster (masked)
+                     )->list: # per cluster: {'cluster', 'pixels', and per map `_map_stats` over its pixels}
+    "Summaries over each thickness cluster: per map the median of its pixels' medians, lows and highs, as over the whole map."
+    lab = np.asarray(labels)
+    for n, s in maps.items():
+        if np.shape(s.median) != lab.shape:
+            raise ValueError(f"labels: shape {lab.shape} does not match the map {n!r} {np.shape(s.median)}.")
+    rows = []
+    for k in range(int(lab.max()) + 1 if (lab >= 0).any() else 0):
+        sel = lab == k
+        rows.append(dict(cluster=k, pixels=int(sel.sum()),
+                         **{n: _map_stats(Summary(*(np.asarray(v)[sel] for v in s))) for n, s in maps.items()}))
+    return rows
+
+def vacuum_cautions(rows:list, # `cluster_summaries`
+                    vacuum_below:float|None=None, # the analysis' `vacuum_below`: given, the user has drawn the line, nothing is said
+                   )->list: # one sentence per cluster that looks like vacuum and still carries band gaps
+    "Clusters whose median t/lambda lies below `VACUUM_LIKE_T` while their pixels carry band gaps: in vacuum those are the ZLP tail."
+    if vacuum_below is not None: return []
+    out, total = [], sum(r["pixels"] for r in rows) or 1
+    for r in rows:
+        t, g = r.get("t_over_lambda") or {}, r.get("band_gap") or {}
+        if t.get("median") is None or t["median"] >= VACUUM_LIKE_T or not g.get("n_pixels"): continue
+        out.append(f"cluster {r['cluster']} ({r['pixels']} pixels, {r['pixels'] / total:.0%} of the clustered ones) has a "
+                   f"median t/lambda of {round(t['median'], 3) + 0.0:.3f}: vacuum, or a layer thinner than {VACUUM_LIKE_T} mean free paths "
+                   f"(a monolayer gives 0.005-0.01). In vacuum the ZLP tail beyond dE2 reads as an onset, and "
+                   f"{g['n_pixels']} of its pixels carry a band gap (median {g['median']:.2f} eV) that enters the summaries "
+                   f"over the whole map; the summaries per cluster keep it apart. If it is vacuum, rerun with "
+                   f"vacuum_below={VACUUM_LIKE_T} (eelsnb image --vacuum-below {VACUUM_LIKE_T}).")
+    return out
+
 def kernels_fwhm(grid, # a `ConditionGrid` (the SI's resolution kernels: the median ZLP at its kernel-lattice nodes)
                  conditions:dict|None=None, # condition values name -> (m,) of the pixels; None: the kernels the grid has evaluated
                 )->float|None: # median FWHM (eV) of those kernels; None without any
@@ -272,6 +310,12 @@ def _versions()->dict:
     out.update(hyperspy=hyperspy.__version__, plotly=plotly.__version__)
     return out
 
+def _warn_vacuum(res)->object:
+    "Warn the vacuum cautions of freshly computed maps (as the exponent caution is warned when it is decided); returns `res`."
+    for c in res.cautions:
+        if c.startswith("vacuum: "): warnings.warn(c, stacklevel=3)
+    return res
+
 @dataclass
 class ImageResults:
     "Maps of an SI analysis: median/16%/84% over replicas per pixel, failures, clusters, the ensemble."
@@ -290,10 +334,20 @@ class ImageResults:
     title: str = ""
     condition_grid: object = field(default=None, repr=False)  # the ConditionGrid used (not saved)
 
+    def cluster_summaries(self)->list:
+        "Per thickness cluster its pixels and, per map, the median of their medians, lows and highs (`cluster_summaries`); [] without clusters."
+        return [] if self.clusters is None else cluster_summaries(self.maps, self.clusters.labels)
+
+    def _cautions(self, rows:list)->list:
+        out = [f"exponent: {self.settings['exponent_caution']}"] if self.settings.get("exponent_caution") else []
+        vb = self.settings.get("vacuum_below", (self.settings.get("analysis_kw") or {}).get("vacuum_below"))   # analyse_image / analyse_large
+        return out + [f"vacuum: {c}" for c in vacuum_cautions(rows, vb)]
+
     @property
     def cautions(self)->list:
-        "What the maps must be read with: an exponent map that is not a measurement at this resolution (`eelsnb.analysis.exponent_caution`)."
-        return [f"exponent: {self.settings['exponent_caution']}"] if self.settings.get("exponent_caution") else []
+        """What the maps must be read with: an exponent map that is not a measurement at this resolution
+        (`eelsnb.analysis.exponent_caution`), a cluster that looks like vacuum yet carries band gaps (`vacuum_cautions`)."""
+        return self._cautions(self.cluster_summaries())
 
     def _summary(self, name:str)->Summary:
         if name not in self.maps: raise ValueError(f"name: no map {name!r}; the maps are {list(self.maps)}.")
@@ -321,6 +375,7 @@ class ImageResults:
     def to_dict(self)->dict:
         "JSON-ready summary: per map the median of the pixel medians/lows/highs, failures, grid, settings, files."
         nf = np.asarray(self.n_failed)
+        rows = self.cluster_summaries()
         d = dict(shape=list(self.shape), n_replicas=int(self.n_rep), title=self.title,
                  energy=dict(first=float(self.energy[0]), step=_step(self.energy), channels=len(self.energy)),
                  maps={n: dict(_map_stats(s), file=f"{MAPS_DIR}/{n}.hspy") for n, s in self.maps.items()},
@@ -328,12 +383,12 @@ class ImageResults:
                                         pixels_with_failures=int((nf > 0).sum()), pixels_all_failed=int((nf == self.n_rep).sum()),
                                         by_reason={k: int(v) for k, v in self.failed_by_reason.items()},
                                         file=f"{MAPS_DIR}/n_failed.hspy"),
-                 grid=jsonable(self.grid), settings=jsonable(self.settings), cautions=self.cautions,
+                 grid=jsonable(self.grid), settings=jsonable(self.settings), cautions=self._cautions(rows),
                  seconds={k: float(v) for k, v in self.seconds.items()}, versions=_versions(), model_dir=MODEL_DIR)
         if self.clusters is not None:
             d["clusters"] = dict(n_clusters=int(self.clusters.n_clusters), sizes=[int(v) for v in self.clusters.sizes],
                                  centers=[float(v) for v in self.clusters.centers], proxy=self.clusters.kind,
-                                 file=f"{MAPS_DIR}/clusters.hspy")
+                                 file=f"{MAPS_DIR}/clusters.hspy", summaries=rows)
         return d
 
     def figures(self, names=None)->dict:
@@ -367,6 +422,10 @@ class ImageResults:
             if m["median"] is None: lines.append(f"  {n}: no valid pixel"); continue
             lines.append(f"  {n}: median over pixels {m['median']:.4g} [{m['low']:.4g}, {m['high']:.4g}], "
                          f"{m['n_pixels']} pixels valid, {m['n_flagged']} flagged")
+        for r in d.get("clusters", {}).get("summaries", []):
+            q = [f"{n} {r[n]['median']:.4g} [{r[n]['low']:.4g}, {r[n]['high']:.4g}]" for n in ("t_over_lambda", "band_gap")
+                 if n in r and r[n]["median"] is not None]
+            lines.append(f"  cluster {r['cluster']} ({r['pixels']} pixels): " + (", ".join(q) or "no valid pixel"))
         f = d["band_gap_failures"]
         lines.append(f"  band-gap fits failed: {f['failed']} of {f['fits']} ({f['pixels_all_failed']} pixels with no valid fit)")
         if self.grid: lines.append(f"  grid: {self.grid.get('shape')} nodes per axis, {self.grid.get('nodes')} evaluated, error ratio {self.grid.get('error_ratio', float('nan')):.3g}")
@@ -586,5 +645,5 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                     bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below,
                     **exponent_settings(kernels_fwhm(it.grid), exponent))   # the kernels the band-gap fits used
     seconds = dict(cluster=t1 - t0, train=t2 - t1, grid=t3 - t2, chunks=t4 - t3, total=t4 - t0)
-    return ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid, reasons,
-                        settings, seconds, nav_axes, title, it.grid)
+    return _warn_vacuum(ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid,
+                                     reasons, settings, seconds, nav_axes, title, it.grid))

@@ -18,7 +18,7 @@ from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
 from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults,
-                          map_names, jsonable, peak_windows_on, kernels_fwhm, exponent_settings)
+                          map_names, jsonable, peak_windows_on, kernels_fwhm, exponent_settings, _warn_vacuum)
 from .subtract import _positive
 
 # %% auto #0
@@ -691,8 +691,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             for k, v in r["reasons"].items(): reasons[k] = reasons.get(k, 0) + v
         prev = json.loads((out / "work/reasons.json").read_text()) if (out / "work/reasons.json").is_file() else {}
         for k, v in prev.items(): reasons[k] = reasons.get(k, 0) + v   # blocks of an earlier, killed run
-        res = _finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt, xs)
-        return res
+        return _warn_vacuum(_finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt, xs))
     finally:
         lock.release()
 

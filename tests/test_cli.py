@@ -436,8 +436,17 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     maps = {k.split(".")[-1] for k in flat}
     assert "exciton_position" in maps and not {m for m in maps if m.startswith(("exciton2", "plasmon"))}, sorted(maps)
     # the synthetic SI's ZLP is 0.45 eV wide: the exponent map is not a measurement, said in results.json, report, stdout
-    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"] == ["exponent: " + d["settings"]["exponent_caution"]]
-    assert "Cautions" in (out / "report.html").read_text() and stdout.strip().splitlines()[-1] == "CAUTION: " + d["cautions"][0]
+    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"][0] == "exponent: " + d["settings"]["exponent_caution"]
+    report = (out / "report.html").read_text()
+    assert "Cautions" in report and stdout.strip().splitlines()[-len(d["cautions"]):] == [f"CAUTION: {c}" for c in d["cautions"]]
+    # per thickness cluster: the map summaries over its pixels in results.json, a line each on stdout, a table in the report
+    rows = d["clusters"]["summaries"]
+    assert [r["cluster"] for r in rows] == [0, 1, 2] and sum(r["pixels"] for r in rows) == 80, rows
+    for r in rows: assert f"cluster {r['cluster']} ({r['pixels']} pixels): t_over_lambda " in stdout, stdout
+    assert "Per thickness cluster" in report
+    # cluster 0 is the vacuum around the flake (t/lambda ~ 0); its pixels carry band gaps, so the cautions name it
+    assert abs(rows[0]["t_over_lambda"]["median"]) < 0.02 and rows[0]["band_gap"]["n_pixels"] > 0, rows[0]
+    assert len(d["cautions"]) == 2 and d["cautions"][1].startswith("vacuum: cluster 0 ("), d["cautions"]
 
 
 def _strings(d):
@@ -497,8 +506,10 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     maps = {p.name for p in (out / "maps").iterdir()}
     assert "quality.zspy" in maps and "t_over_lambda.zspy" in maps, sorted(maps)
     # the large pipeline says the same of its exponent map (the ZLP of the kernels its band-gap fits used)
-    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"] == ["exponent: " + d["settings"]["exponent_caution"]]
-    assert stdout.strip().splitlines()[-1] == "CAUTION: " + d["cautions"][0]
+    assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"][0] == "exponent: " + d["settings"]["exponent_caution"]
+    assert stdout.strip().splitlines()[-len(d["cautions"]):] == [f"CAUTION: {c}" for c in d["cautions"]]
+    rows = d["clusters"]["summaries"]    # per thickness cluster, as from the in-memory pipeline
+    assert [r["cluster"] for r in rows] == [0, 1] and sum(r["pixels"] for r in rows) == 12 * 16 - d["quality"]["masked"], rows
     check_report(out / "report.html")
     assert oct((out / "results.json").stat().st_mode & 0o777) != oct(0o600)
     before = (out / "results.json").read_text()
