@@ -255,6 +255,7 @@ VACUUM_LIKE_T = 0.02
 
 def cluster_summaries(maps:dict, # name -> Summary of (ny, nx) arrays (`ImageResults.maps`)
                       labels, # (ny, nx) thickness cluster of each pixel (`Clusters.labels`); < 0: in no cluster (masked)
+                      n_clusters:int|None=None, # clusters 0..n_clusters-1 (an empty one gets a row of no valid pixel); None: up to the largest label
                      )->list: # per cluster: {'cluster', 'pixels', and per map `_map_stats` over its pixels}
     "Summaries over each thickness cluster: per map the median of its pixels' medians, lows and highs, as over the whole map."
     lab = np.asarray(labels)
@@ -262,7 +263,7 @@ def cluster_summaries(maps:dict, # name -> Summary of (ny, nx) arrays (`ImageRes
         if np.shape(s.median) != lab.shape:
             raise ValueError(f"labels: shape {lab.shape} does not match the map {n!r} {np.shape(s.median)}.")
     rows = []
-    for k in range(int(lab.max()) + 1 if (lab >= 0).any() else 0):
+    for k in range(int(n_clusters) if n_clusters is not None else int(lab.max()) + 1 if (lab >= 0).any() else 0):
         sel = lab == k
         rows.append(dict(cluster=k, pixels=int(sel.sum()),
                          **{n: _map_stats(Summary(*(np.asarray(v)[sel] for v in s))) for n, s in maps.items()}))
@@ -336,7 +337,7 @@ class ImageResults:
 
     def cluster_summaries(self)->list:
         "Per thickness cluster its pixels and, per map, the median of their medians, lows and highs (`cluster_summaries`); [] without clusters."
-        return [] if self.clusters is None else cluster_summaries(self.maps, self.clusters.labels)
+        return [] if self.clusters is None else cluster_summaries(self.maps, self.clusters.labels, self.clusters.n_clusters)
 
     def _cautions(self, rows:list)->list:
         out = [f"exponent: {self.settings['exponent_caution']}"] if self.settings.get("exponent_caution") else []
