@@ -408,11 +408,11 @@ def summary_html(d:dict)->str:
                      + _table(["file"] + [h for _, h in cols], rows))
     rows = (d.get("clusters") or {}).get("summaries") or []
     if rows:
-        names = [n for n in rows[0] if _is_summary(rows[0][n])]
+        names = [n for n in rows[0] if _is_summary(rows[0][n])]   # one row per map, one column per cluster (few): it fits the page
         parts.append("<h2>Per thickness cluster</h2><p>median [16%, 84%] over each cluster's pixels (of their medians, "
                      "16% and 84%); cluster 0 is the thinnest</p>"
-                     + _table(["cluster", "pixels"] + [html.escape(n) for n in names],
-                              [[_cell(r.get("cluster")), _cell(r.get("pixels"))] + [_cell(r.get(n, "")) for n in names] for r in rows]))
+                     + _table(["quantity"] + [f"cluster {html.escape(str(r.get('cluster')))} ({_cell(r.get('pixels'))} pixels)" for r in rows],
+                              [[html.escape(n)] + [_cell(r.get(n, "")) for r in rows] for n in names]))
     rest = _summaries(d)
     if rest:
         parts.append("<h2>Summaries</h2><p>median [16%, 84%]</p>"
