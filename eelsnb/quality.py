@@ -58,13 +58,14 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
     rows = np.arange(len(out))   # every test below is row by row: a later pass needs only the spectra the last one changed
     for _ in range(int(passes)):
         x = out if len(rows) == len(out) else out[rows]   # the spectra of this pass (all of them: in place)
-        p = np.minimum(_predict(x), _predict(x, skip=True))
+        p0 = _predict(x)                            # once: the residual below and the noise scale use it too
+        p = np.minimum(p0, _predict(x, skip=True))
         m5 = _running_median(pad(x, 2), 5, n)   # running medians: a compare-exchange network (5), np.partition on sliding windows (11)
         ref = np.maximum(p, m5) # a spike's neighbour has p far below (the spike pulls it), never m5
         wide = _running_median(pad(x, 5), 11, n)
         level = np.maximum(np.maximum(ref, wide), 0)
         if read_noise is None: # noise floor: robust spread of the quadratic residual on the low-count half of each spectrum
-            d1 = x - _predict(x)
+            d1 = x - p0
             low = wide <= np.median(wide, axis=-1, keepdims=True)
             dl = np.where(low, d1, np.nan)
             rn = 1.4826 * _nanmedian_rows(np.abs(dl - _nanmedian_rows(dl))) / np.sqrt(1 + 34 / 36)
@@ -73,7 +74,7 @@ def find_spikes(counts:np.ndarray, # spectra (..., n_E), finite
         unit = np.sqrt(level + rn ** 2)
         z = (x - ref) / unit
         # noise scale per spectrum from the residual of the quadratic (x is not in its own prediction; var = 1.94 var(x))
-        z1 = (x - _predict(x)) / unit
+        z1 = (x - p0) / unit
         scale = 1.4826 * np.median(np.abs(z1 - np.median(z1, axis=-1, keepdims=True)), axis=-1, keepdims=True) / np.sqrt(1 + 34 / 36)
         hit = (z > k * np.maximum(scale, 1e-3)) & (x - ref > rel * np.maximum(ref, rn))
         x[hit] = p[hit] # the channel's own prediction is not spoiled by it
