@@ -374,7 +374,7 @@ class ImageResults:
     def n_pixels(self)->int: return int(np.prod(self.shape))
 
     def to_dict(self)->dict:
-        "JSON-ready summary: per map the median of the pixel medians/lows/highs, failures, grid, settings, files."
+        "JSON-ready summary: per map the median of the pixel medians/lows/highs (over the map, and per cluster under `clusters.summaries`), failures, cautions, grid, settings, files."
         nf = np.asarray(self.n_failed)
         rows = self.cluster_summaries()
         d = dict(shape=list(self.shape), n_replicas=int(self.n_rep), title=self.title,
