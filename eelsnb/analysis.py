@@ -18,7 +18,7 @@ from .ensemble import ZLPEnsemble
 from .bandgap import BandGapFit, Summary, summarize, fit_band_gap
 from .subtract import calibrate_spread
 from .onset import fit_onset_excitons
-from .physics import t_over_lambda, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
+from .physics import t_over_lambda, t_over_lambda_caution, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
 __all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'EXPONENT_MAX_FWHM', 'ONSET_MODELS',
@@ -317,8 +317,9 @@ class SpectraResults:
 
     @property
     def cautions(self)->list:
-        "What these numbers must be read with: a calibration that narrows the intervals where that under-covers, an exponent b that is not measured."
-        return [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("calibration_caution", "exponent_caution") if self.settings.get(k)]
+        "What these numbers must be read with: a calibration that narrows the intervals where that under-covers, an exponent b that is not measured, t/lambda on a short axis."
+        return [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("calibration_caution", "exponent_caution", "t_over_lambda_caution")
+                if self.settings.get(k)]
 
     def _fit_of(self, name:str):
         "The fit and quantity behind 'band_gap', 'exponent' (the chosen onset model) or 'band_gap_power', 'exponent_power'."
@@ -647,6 +648,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
     xc = exponent_caution(fwhm, exponent, warn=True)
     if xc: settings["exponent_caution"] = xc
+    tc = t_over_lambda_caution(float(e[-1]))
+    if tc:
+        settings["t_over_lambda_caution"] = tc
+        warnings.warn("t/lambda: " + tc + ".")
     if ensemble is None:
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (vacuum_dE1, max(vacuum_dE1 + 0.5, float(np.median(d2))))

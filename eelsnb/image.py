@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .io import check_energy, check_counts
 from .bandgap import Summary, summarize, fit_band_gap
-from .physics import (t_over_lambda, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
+from .physics import (t_over_lambda, t_over_lambda_caution, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
                             _bin_noise, WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH, PLASMON_REFINE)
 from .cluster import Clusters, cluster_thickness
 from .subtract import (subtract_image, record_training_axis, check_ensemble, check_energy_for, _si_source, _step,
@@ -23,7 +23,7 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
 __all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'VACUUM_LIKE_T', 'map_names',
            'analysed_channels', 'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below',
            'analyse_chunk', 'jsonable', 'cluster_summaries', 'vacuum_cautions', 'kernels_fwhm', 'exponent_settings',
-           'ImageResults', 'torch_threads', 'analyse_image']
+           'axis_settings', 'ImageResults', 'torch_threads', 'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -271,6 +271,7 @@ def cluster_summaries(maps:dict, # name -> Summary of (ny, nx) arrays (`ImageRes
 
 def vacuum_cautions(rows:list, # `cluster_summaries`
                     vacuum_below:float|None=None, # the analysis' `vacuum_below`: given, the user has drawn the line, nothing is said
+                    short_axis:bool=False, # t/lambda is a partial log-ratio (`t_over_lambda_caution` applies): said in the sentence
                    )->list: # one sentence per cluster that looks like vacuum and still carries band gaps
     "Clusters whose median t/lambda lies below `VACUUM_LIKE_T` while their pixels carry band gaps: in vacuum those are the ZLP tail."
     if vacuum_below is not None: return []
@@ -280,7 +281,8 @@ def vacuum_cautions(rows:list, # `cluster_summaries`
         if t.get("median") is None or t["median"] >= VACUUM_LIKE_T or not g.get("n_pixels"): continue
         out.append(f"cluster {r['cluster']} ({r['pixels']} pixels, {r['pixels'] / total:.0%} of the clustered ones) has a "
                    f"median t/lambda of {round(t['median'], 3) + 0.0:.3f}: vacuum, or a layer thinner than {VACUUM_LIKE_T} mean free paths "
-                   f"(a monolayer gives 0.005-0.01). In vacuum the ZLP tail beyond dE2 reads as an onset, and "
+                   f"(a monolayer gives 0.005-0.01{'; here t/lambda counts only a short axis, so thicker layers read lower too' if short_axis else ''}). "
+                   f"In vacuum the ZLP tail beyond dE2 reads as an onset, and "
                    f"{g['n_pixels']} of its pixels carry a band gap (median {g['median']:.2f} eV) that enters the summaries "
                    f"over the whole map; the summaries per cluster keep it apart. If it is vacuum, rerun with "
                    f"vacuum_below={VACUUM_LIKE_T} (eelsnb image --vacuum-below {VACUUM_LIKE_T}).")
@@ -303,6 +305,14 @@ def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_f
     xc = exponent_caution(fwhm, exponent, warn=True)
     if xc: d["exponent_caution"] = xc
     return d
+
+def axis_settings(energy, # the SI's energy axis (eV)
+                 )->dict: # {'t_over_lambda_caution': ...} where t/lambda counts a short axis only, else {}
+    "The settings entry of the t/lambda map's axis, with the warning of `eelsnb.physics.t_over_lambda_caution` where it applies."
+    tc = t_over_lambda_caution(float(np.asarray(energy)[-1]))
+    if not tc: return {}
+    warnings.warn("t/lambda: " + tc + ".")
+    return dict(t_over_lambda_caution=tc)
 
 def _versions()->dict:
     from eelsnb.ensemble import _versions as v
@@ -340,14 +350,15 @@ class ImageResults:
         return [] if self.clusters is None else cluster_summaries(self.maps, self.clusters.labels, self.clusters.n_clusters)
 
     def _cautions(self, rows:list)->list:
-        out = [f"exponent: {self.settings['exponent_caution']}"] if self.settings.get("exponent_caution") else []
+        out = [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("exponent_caution", "t_over_lambda_caution") if self.settings.get(k)]
         vb = self.settings.get("vacuum_below", (self.settings.get("analysis_kw") or {}).get("vacuum_below"))   # analyse_image / analyse_large
-        return out + [f"vacuum: {c}" for c in vacuum_cautions(rows, vb)]
+        return out + [f"vacuum: {c}" for c in vacuum_cautions(rows, vb, bool(self.settings.get("t_over_lambda_caution")))]
 
     @property
     def cautions(self)->list:
         """What the maps must be read with: an exponent map that is not a measurement at this resolution
-        (`eelsnb.analysis.exponent_caution`), a cluster that looks like vacuum yet carries band gaps (`vacuum_cautions`)."""
+        (`eelsnb.analysis.exponent_caution`), t/lambda on a short axis (`eelsnb.physics.t_over_lambda_caution`), a cluster
+        that looks like vacuum yet carries band gaps (`vacuum_cautions`)."""
         return self._cautions(self.cluster_summaries())
 
     def _summary(self, name:str)->Summary:
@@ -644,7 +655,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                     plasmon_window=None if plasmon_window is None else list(map(float, plasmon_window)), tol=float(tol),
                     dE1=[float(v) for v in np.atleast_1d(ensemble.dE1)], dE2=[float(v) for v in np.atleast_1d(ensemble.dE2)],
                     bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below,
-                    **exponent_settings(kernels_fwhm(it.grid), exponent))   # the kernels the band-gap fits used
+                    **exponent_settings(kernels_fwhm(it.grid), exponent), **axis_settings(e))   # the kernels the band-gap fits used
     seconds = dict(cluster=t1 - t0, train=t2 - t1, grid=t3 - t2, chunks=t4 - t3, total=t4 - t0)
     return _warn_vacuum(ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid,
                                      reasons, settings, seconds, nav_axes, title, it.grid))

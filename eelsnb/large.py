@@ -18,7 +18,7 @@ from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
 from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults,
-                          map_names, jsonable, peak_windows_on, kernels_fwhm, exponent_settings, _warn_vacuum)
+                          map_names, jsonable, peak_windows_on, kernels_fwhm, exponent_settings, axis_settings, _warn_vacuum)
 from .subtract import _positive
 
 # %% auto #0
@@ -674,7 +674,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             except ValueError as err:
                 raise ValueError(f"reuse_grid: the given run's grid does not cover this SI's pixels ({err}); use reuse_grid=False.") from None
             # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
-            xs = {} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent)
+            xs = dict({} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent), **axis_settings(e))
             secs["grid"] = time.perf_counter() - t; t = time.perf_counter()
             # the masks after dead/hot are what pass 2 uses: store them in pass1.zarr's 'masked' (block by block)
             st1 = ChunkStore.open(out / "work/pass1.zarr", (ny, nx), list(P1_NAMES), rows, fp, dtypes=P1_DTYPES)

@@ -322,6 +322,8 @@ def test_monochromated_ws2_with_dE1_per_sample_finds_the_excitons(capsys, tmp_pa
     pos = {x["name"]: [s_["excitons"][i]["position"]["median"] for s_ in r["samples"]] for i, x in enumerate(r["samples"][0]["excitons"])}
     assert all(p is not None and 1.85 < p < 2.05 for p in pos["A"]), pos["A"]
     assert sum(p is not None and 2.2 < p < 2.5 for p in pos["B"]) >= 8, pos["B"]
+    # the axis ends at 9.07 eV, far below WS2's plasmon: t/lambda (0.01-0.04 here) is a lower bound, and cautioned
+    assert any(c.startswith("t_over_lambda: t/lambda is the log-ratio over the energy axis, which ends at 9.1 eV") for c in r["cautions"]), r["cautions"]
 
 
 def test_cli_peak_defaults_are_the_analyses_defaults():
