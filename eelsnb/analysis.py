@@ -21,9 +21,10 @@ from .onset import fit_onset_excitons
 from .physics import t_over_lambda, t_over_lambda_caution, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
-__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'EXPONENT_MAX_FWHM', 'ONSET_MODELS',
-           'spectra_inputs', 'zlp_fwhm', 'relative_spread', 'spectra_sigma', 'vacuum_window', 'band_gap_windows',
-           'fit_band_gaps', 'exponent_caution', 'SpectraResults', 'analyse_spectra']
+__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'CALIBRATION_MIN_ONSET',
+           'EXPONENT_MAX_FWHM', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread', 'spectra_sigma',
+           'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'onset_fraction', 'exponent_caution', 'SpectraResults',
+           'analyse_spectra']
 
 # %% ../nbs/09_analysis.ipynb #5de00308
 def _step(e): return float((e[-1] - e[0]) / (len(e) - 1))
@@ -263,6 +264,23 @@ RESULTS_FILE, MODEL_DIR, SPECTRA_DIR = "results.json", "model", "spectra"
 # above this vacuum ZLP FWHM (eV) a calibration that narrows the intervals is known to under-cover on synthetic truth
 # (09, "Calibrated intervals": at 0.12-0.15 eV the vacuum's factor is 0.24-0.80x what the samples' true ZLPs ask for)
 CALIBRATION_MAX_FWHM = 0.1
+# ... and where a sample's onset is weaker than this (`onset_fraction`: the fraction of its counts that is inelastic within
+# 2 eV above dE1). On synthetic truth at 0.08 eV the calibrated intervals covered 0.33 of 48 gaps at t/lambda 0.01-0.05
+# (raw 0.75); onset fractions were 0.8-4.4e-4 at t/lambda 0.01-0.02, 4.5-11e-4 at 0.05, 6.6-31e-4 at 0.07-0.15 and
+# 23-180e-4 at 0.3-1.0, and each group's smallest lay at most 1.6e-4 (0.01-0.05) or at least 6.6e-4 (0.07-1.0)
+CALIBRATION_MIN_ONSET = 5e-4
+
+def onset_fraction(counts, # (n, n_E) measured (aligned) counts
+                   zlp, # (n, n_E) their ZLP (e.g. the replicas' median)
+                   energy, # (n_E,) eV
+                   dE1, # (n,) or scalar: where each spectrum departs from its ZLP (eV)
+                   width:float=2.0, # eV above dE1
+                  )->np.ndarray: # (n,) sum over dE1..dE1+width of (counts - zlp), over the sum of all counts
+    "How strong each spectrum's onset is: the fraction of its counts that is inelastic within `width` eV above dE1 (nearly independent of where the axis ends)."
+    c, z, e = np.asarray(counts, float), np.asarray(zlp, float), np.asarray(energy, float)
+    d1 = np.broadcast_to(np.asarray(dE1, float), (len(c),))
+    m = (e[None] > d1[:, None]) & (e[None] < d1[:, None] + width)
+    return ((c - z) * m).sum(-1) / c.sum(-1)
 # above this ZLP FWHM (eV) the onset exponent b is not measured (09, "The exponent b at low resolution"): the ZLP replicas
 # beyond dE1 scatter by as much as the onset signal, and every replica's fit bends towards a late, steep onset
 EXPONENT_MAX_FWHM = 0.17
@@ -595,7 +613,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
                     vacuum_dE1=None, # end of the vacuum spectra's training window (eV); None: where they sink to 10x their noise
-                    calibrate="auto", # True: scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond `vacuum_dE1` 68% of the time (`eelsnb.subtract.calibrate_spread`; the training stays the same); 'auto': where the vacuum ZLP FWHM is at most CALIBRATION_MAX_FWHM (see "Calibrated intervals"); False: the raw spread
+                    calibrate="auto", # True: scale the ZLP spread so that its 68% band covers the vacuum counts held out beyond `vacuum_dE1` 68% of the time (`eelsnb.subtract.calibrate_spread`; the training stays the same); 'auto': where the vacuum ZLP FWHM is at most CALIBRATION_MAX_FWHM and no sample's `onset_fraction` is below CALIBRATION_MIN_ONSET (see "Calibrated intervals"); False: the raw spread
                     exciton_windows=WS2_EXCITON_WINDOWS, # (e_lo, e_hi) per exciton (WS2: A and B)
                     exciton_names=("A", "B"), # their names
                     plasmon_window=(10.0, 40.0), # where the bulk plasmon is sought (eV); None: skip
@@ -674,16 +692,32 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                              f"got {type(ensemble).__name__}{'' if not hasattr(ensemble, 'is_fitted') else ' (untrained)'}.")
         settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
+    weak = []
+    if calibrate and "train" in sec:   # a weak onset (a very thin sample): calibrated intervals under-cover there
+        of = onset_fraction(S, np.median(use.predict_for(S, e), 0), e, d1)
+        settings["onset_fraction"] = [float(f"{v:.3g}") for v in of]
+        weak = [f"{nm} ({v:.2g})" for nm, v in zip(inp["names"], of) if v < CALIBRATION_MIN_ONSET]
+        if weak and requested == "auto":
+            calibrate = settings["calibrate"]["tried"] = False
+            settings["calibrate"]["skipped"] = (f"onset fraction below {CALIBRATION_MIN_ONSET:g} (a very thin sample): {', '.join(weak)}; on "
+                                                "synthetic truth at 0.08 eV with t/lambda 0.01-0.05 the calibrated 68% intervals covered "
+                                                "0.33 of 48 true gaps, the raw ones 0.75")
+            warnings.warn("calibrate: spread calibration skipped ('auto'), the 68% intervals keep the ensemble's raw spread: "
+                          + settings["calibrate"]["skipped"] + " (see 09_analysis, 'Calibrated intervals').")
     if calibrate and "train" in sec:   # trained here: calibrate on the vacuum it held out
         ensemble.spread_calibration = use.spread_calibration = _calibration(use, V if use_v else None, e, sig, vd1 if use_v else None, vd2 if use_v else None)
     cal = use.spread_calibration
     settings["spread_calibration"] = None if cal is None else cal.to_dict()
-    if cal is not None and cal.scale < 1 and fwhm > CALIBRATION_MAX_FWHM:   # narrowed where that is known to under-cover
-        settings["calibration_caution"] = (
-            f"the calibration narrows the intervals (x {cal.scale:.2f}) at a ZLP FWHM of {fwhm:.2f} eV; on synthetic truth "
-            f"above {CALIBRATION_MAX_FWHM:g} eV (0.12-0.15 eV) the vacuum's factor was 0.24-0.80x what the samples' true ZLPs "
-            "asked for, and the calibrated 68% intervals covered 0.35-0.46 of the true gaps (the raw ones 0.75); quote the "
-            "raw ones (calibrate=False)")
+    why = []   # narrowed where that is known to under-cover
+    if cal is not None and cal.scale < 1 and fwhm > CALIBRATION_MAX_FWHM:
+        why.append(f"at a ZLP FWHM of {fwhm:.2f} eV; on synthetic truth above {CALIBRATION_MAX_FWHM:g} eV (0.12-0.15 eV) the "
+                   "vacuum's factor was 0.24-0.80x what the samples' true ZLPs asked for, and the calibrated 68% intervals "
+                   "covered 0.35-0.46 of the true gaps (the raw ones 0.75)")
+    if cal is not None and cal.scale < 1 and weak:
+        why.append(f"with onset fractions below {CALIBRATION_MIN_ONSET:g} ({', '.join(weak)}: very thin samples); on synthetic "
+                   "truth at 0.08 eV with t/lambda 0.01-0.05 the calibrated 68% intervals covered 0.33 of 48 true gaps (the raw ones 0.75)")
+    if why:
+        settings["calibration_caution"] = f"the calibration narrows the intervals (x {cal.scale:.2f}) " + "; and ".join(why) + "; quote the raw ones (calibrate=False)"
         warnings.warn("calibrate: " + settings["calibration_caution"] + " (see 09_analysis, 'Calibrated intervals').")
     # 4. subtraction
     t1 = time.perf_counter()

@@ -57,7 +57,8 @@ ONSET_HELP = {"power": "a power law blurred by the ZLP",
 
 def _add_calibration(g):
     g.add_argument("--calibrate", action="store_const", const="on", dest="calibrate", default="auto",
-                   help="calibrate the 68%% intervals (default: only where the vacuum ZLP FWHM is 0.1 eV or less): the "
+                   help="calibrate the 68%% intervals (default: only where the vacuum ZLP FWHM is 0.1 eV or less and no "
+                        "sample is very thin): the "
                         "ensemble is trained as without, and the ZLP replicas' spread is narrowed (or widened) so that "
                         "its 68%% band covers the vacuum counts held out beyond --vacuum-dE1 68%% of the time (needs "
                         "--vacuum). On synthetic monochromated spectra (0.08 eV ZLP) the raw intervals cover 100%% of the "
@@ -65,8 +66,9 @@ def _add_calibration(g):
                         "vacuum's factor is 1.3-4x too small and the calibrated intervals under-cover (25-46%%; raw "
                         "67-83%%): where it narrows them above 0.1 eV a caution is printed and written to results.json. "
                         "At 0.3-0.45 eV the factor is near 1. On very thin samples (t/lambda 0.01-0.05 at 0.08 eV) the "
-                        "calibrated intervals covered 33%% of the true gaps and the raw ones 75%%: use --no-calibrate for "
-                        "monolayers and few-layer flakes. Where the held-out vacuum has too little signal above its "
+                        "calibrated intervals covered 33%% of the true gaps and the raw ones 75%%: by default a run whose "
+                        "weakest onset holds less than 5e-4 of its counts within 2 eV above dE1 keeps the raw spread "
+                        "(onset_fraction in results.json). Where the held-out vacuum has too little signal above its "
                         "errors, the run warns and keeps the raw spread (the bundled WS2 vacuum spectra differ by ~30%% "
                         "beyond 5 eV): a lower --vacuum-dE1 holds out more")
     g.add_argument("--no-calibrate", action="store_const", const="off", dest="calibrate",
