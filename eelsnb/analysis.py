@@ -666,10 +666,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     settings["calibrate"] = dict(requested=requested if requested == "auto" else bool(requested), tried=calibrate)
     xc = exponent_caution(fwhm, exponent, warn=True)
     if xc: settings["exponent_caution"] = xc
-    tc = t_over_lambda_caution(float(e[-1]))
-    if tc:
-        settings["t_over_lambda_caution"] = tc
-        warnings.warn("t/lambda: " + tc + ".")
+    tc = t_over_lambda_caution(float(e[-1]), warn=True)
+    if tc: settings["t_over_lambda_caution"] = tc
     if ensemble is None:
         if use_v:
             vd1, vd2 = vacuum_window(V, e, fwhm, d2) if vacuum_dE1 is None else (vacuum_dE1, max(vacuum_dE1 + 0.5, float(np.median(d2))))

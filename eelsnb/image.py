@@ -309,10 +309,8 @@ def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_f
 def axis_settings(energy, # the SI's energy axis (eV)
                  )->dict: # {'t_over_lambda_caution': ...} where t/lambda counts a short axis only, else {}
     "The settings entry of the t/lambda map's axis, with the warning of `eelsnb.physics.t_over_lambda_caution` where it applies."
-    tc = t_over_lambda_caution(float(np.asarray(energy)[-1]))
-    if not tc: return {}
-    warnings.warn("t/lambda: " + tc + ".")
-    return dict(t_over_lambda_caution=tc)
+    tc = t_over_lambda_caution(float(np.asarray(energy)[-1]), warn=True)
+    return dict(t_over_lambda_caution=tc) if tc else {}
 
 def _versions()->dict:
     from eelsnb.ensemble import _versions as v

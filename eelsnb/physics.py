@@ -4,6 +4,7 @@
 
 # %% ../nbs/08_physics.ipynb #545768ac
 from __future__ import annotations
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -93,13 +94,16 @@ def t_over_lambda(counts, # measured counts (..., n_E), or per replica (n_rep, .
 T_OVER_LAMBDA_MIN_AXIS = 40.0
 
 def t_over_lambda_caution(energy_end:float, # where the energy axis ends (eV)
+                          warn:bool=False, # also issue the caution as a warning (what the analyses do)
                          )->str|None: # the caution, or None on an axis to T_OVER_LAMBDA_MIN_AXIS or beyond
     "Why t/lambda is a lower bound on a short energy axis (a monochromated acquisition to ~10 eV, say)."
     if energy_end is None or not np.isfinite(energy_end) or energy_end >= T_OVER_LAMBDA_MIN_AXIS: return None
-    return (f"t/lambda is the log-ratio over the energy axis, which ends at {float(energy_end):.1f} eV: the inelastic "
-            "scattering beyond it is not counted, so t/lambda is a lower bound. On WS2-like synthetic spectra (bulk "
-            "plasmon near 22 eV, t/lambda 0.05-1) the log-ratio up to 9, 20, 30 and 45 eV was 9%, 36-42%, 64-81% and "
-            "81-93% of the whole; for thicknesses record the low-loss spectrum to 60 eV or more (90-97%)")
+    tc = (f"t/lambda is the log-ratio over the energy axis, which ends at {float(energy_end):.1f} eV: the inelastic "
+          "scattering beyond it is not counted, so t/lambda is a lower bound. On WS2-like synthetic spectra (bulk "
+          "plasmon near 22 eV, t/lambda 0.05-1) the log-ratio up to 9, 20, 30 and 45 eV was 9%, 36-42%, 64-81% and "
+          "81-93% of the whole; for thicknesses record the low-loss spectrum to 60 eV or more (90-97%)")
+    if warn: warnings.warn("t/lambda: " + tc + ".")
+    return tc
 
 # %% ../nbs/08_physics.ipynb #8cfb2c4a
 def _taper_weights(n, channels, side):
