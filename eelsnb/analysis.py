@@ -22,9 +22,9 @@ from .physics import t_over_lambda, t_over_lambda_caution, excitons as find_exci
 
 # %% auto #0
 __all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'CALIBRATION_MIN_ONSET',
-           'EXPONENT_MAX_FWHM', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread', 'spectra_sigma',
-           'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'onset_fraction', 'exponent_caution', 'SpectraResults',
-           'analyse_spectra']
+           'EXPONENT_MAX_FWHM', 'CAUTION_KEYS', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread',
+           'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'onset_fraction', 'exponent_caution',
+           'settings_cautions', 'SpectraResults', 'analyse_spectra']
 
 # %% ../nbs/09_analysis.ipynb #5de00308
 def _step(e): return float((e[-1] - e[0]) / (len(e) - 1))
@@ -300,6 +300,12 @@ def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
           "in the same scatter")
     if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
     return xc
+
+CAUTION_KEYS = ("calibration_caution", "exponent_caution", "t_over_lambda_caution")   # settings entries that are cautions
+
+def settings_cautions(settings:dict)->list:
+    "The cautions an analysis wrote into its settings (`CAUTION_KEYS`), as 'name: text' in that order."
+    return [f"{k[:-len('_caution')]}: {settings[k]}" for k in CAUTION_KEYS if settings.get(k)]
 ONSET_MODELS = {"power": "A (R * (E - E_bg)_+^b): power law blurred by the ZLP (eelsnb.bandgap.fit_band_gap)",
                 "excitons": "R * [A (E - E_bg)_+^b + sum_i h_i g_i(E)]: power law plus gated exciton Gaussians, blurred by "
                             "the ZLP (eelsnb.onset.fit_onset_excitons); band_gap_power/exponent_power: the power law"}
@@ -336,8 +342,7 @@ class SpectraResults:
     @property
     def cautions(self)->list:
         "What these numbers must be read with: a calibration that narrows the intervals where that under-covers, an exponent b that is not measured, t/lambda on a short axis."
-        return [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("calibration_caution", "exponent_caution", "t_over_lambda_caution")
-                if self.settings.get(k)]
+        return settings_cautions(self.settings)
 
     def _fit_of(self, name:str):
         "The fit and quantity behind 'band_gap', 'exponent' (the chosen onset model) or 'band_gap_power', 'exponent_power'."

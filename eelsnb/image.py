@@ -348,7 +348,8 @@ class ImageResults:
         return [] if self.clusters is None else cluster_summaries(self.maps, self.clusters.labels, self.clusters.n_clusters)
 
     def _cautions(self, rows:list)->list:
-        out = [f"{k[:-len('_caution')]}: {self.settings[k]}" for k in ("exponent_caution", "t_over_lambda_caution") if self.settings.get(k)]
+        from eelsnb.analysis import settings_cautions
+        out = settings_cautions(self.settings)
         vb = self.settings.get("vacuum_below", (self.settings.get("analysis_kw") or {}).get("vacuum_below"))   # analyse_image / analyse_large
         return out + [f"vacuum: {c}" for c in vacuum_cautions(rows, vb, bool(self.settings.get("t_over_lambda_caution")))]
 
@@ -439,7 +440,7 @@ class ImageResults:
         f = d["band_gap_failures"]
         lines.append(f"  band-gap fits failed: {f['failed']} of {f['fits']} ({f['pixels_all_failed']} pixels with no valid fit)")
         if self.grid: lines.append(f"  grid: {self.grid.get('shape')} nodes per axis, {self.grid.get('nodes')} evaluated, error ratio {self.grid.get('error_ratio', float('nan')):.3g}")
-        lines += [f"  CAUTION: {c}" for c in self.cautions]
+        lines += [f"  CAUTION: {c}" for c in d["cautions"]]
         return "\n".join(lines)
     def __repr__(self): return self.report()
 
