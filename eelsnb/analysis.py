@@ -444,7 +444,7 @@ class SpectraResults:
         lines = [f"SpectraResults: {self.n_samples} samples, {self.n_rep} replicas, ZLP FWHM {self.fwhm:.3f} eV"
                  + ("" if self.onset_model == "power" else f"; band gap and b from the {self.onset_model} onset model (eelsnb.onset)")
                  + self._calibration_line()]
-        if self.settings.get("exponent_caution"): lines.append(f"  CAUTION: {self.settings['exponent_caution']}")
+        lines += [f"  CAUTION: {self.settings[k]}" for k in CAUTION_KEYS if k != "calibration_caution" and self.settings.get(k)]   # the calibration's is in its line
         for s in self.to_dict()["samples"]:
             g = lambda q, p=3: "n/a" if q["median"] is None else f"{q['median']:.{p}f} [{q['low']:.{p}f}, {q['high']:.{p}f}]"
             ex = ", ".join(f"{x['name']} {x['position']['median']:.2f}" for x in s["excitons"] if x["position"]["median"] is not None)
