@@ -130,7 +130,8 @@ def _add_output(p, out_default:str|None=None):
                             "(default: %(default)s)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing DIR that holds earlier eelsnb results (one with a results.json); "
-                        "the old one is removed only after the new one is complete (default: refuse)")
+                        "the old one is removed only after the new one is complete. A DIR that holds anything eelsnb "
+                        "did not write (notes, the input data) is refused even so, naming what would be lost (default: refuse)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress on stderr and no summary on stdout; errors are still reported (default: off)")
     g.add_argument("--debug", action="store_true",
@@ -311,9 +312,9 @@ def check_out_dir(out, # the --out directory
         if not overwrite:
             raise ValueError(f"--out {out}: exists and is not empty; pass --overwrite to replace earlier results, "
                              "or choose another directory.")
-        if not (out / RESULTS_FILE).is_file():
-            raise ValueError(f"--out {out}: holds files that are not eelsnb results (no {RESULTS_FILE}); it is not "
-                             "replaced even with --overwrite; choose another directory.")
+        from eelsnb.store import check_replaceable
+        try: check_replaceable(out, RESULTS_FILE, option="--overwrite")   # eelsnb's results only, never a user's files beside them
+        except ValueError as err: raise ValueError(f"--out {err}") from None
     parent = out.absolute().parent
     while not parent.exists(): parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK): raise ValueError(f"--out {out}: {parent} is not writable.")

@@ -870,6 +870,9 @@ def _save(self,
     path = Path(path)
     if path.exists() and not path.is_dir(): raise ValueError(f"{path}: exists and is not a directory; choose another path.")
     if path.exists() and not overwrite: raise ValueError(f"{path}: exists; pass overwrite=True to replace it.")
+    if path.exists():   # overwrite: an eelsnb model directory only, never one that holds anything else
+        from eelsnb.store import check_replaceable
+        check_replaceable(path, CARD_FILE, {CARD_FILE, WEIGHTS_FILE}, "an eelsnb model")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     old = None

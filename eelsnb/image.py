@@ -467,6 +467,8 @@ def _save(self, out_dir, # directory to write (created; must not hold results un
     if out.exists() and not out.is_dir(): raise ValueError(f"{out}: exists and is not a directory; choose another out_dir.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out}: exists and is not empty; pass overwrite=True to replace it.")
+    from eelsnb.store import check_replaceable
+    if overwrite: check_replaceable(out, RESULTS_FILE)   # eelsnb's results only, never a user's files beside them
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old = None

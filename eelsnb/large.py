@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import check_energy
-from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore
+from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, _own_temporary, OUTPUT_ENTRIES
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
@@ -578,23 +578,35 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                     # the code that computes the maps: a run is resumed only by the version (and draw scheme) that began it
                     eelsnb=__version__, draws="seed and flat pixel index")
     fp = fingerprint(src.source, list(src.data.shape), str(src.data.dtype), jsonable(e[[0, -1]]), settings)
+    sp = src.source.get("path") if isinstance(src.source, dict) else None
+    if sp is not None and (Path(sp) == out.resolve() or out.resolve() in Path(sp).parents):   # a run may clear its directory
+        raise ValueError(f"out_dir: {out} contains the input {sp}; choose an output directory outside it.")
+    if not (out / RUN_FILE).is_file() and foreign_entries(out):   # before the lock file is made: a user's directory is left as it was
+        _refuse_foreign(out)
     lock = RunLock(out)
     lock.acquire()                                                         # a second run stops here, touching nothing
     try:
-        runf = out / RUN_FILE
-        if runf.is_file():
-            old = json.loads(runf.read_text())
-            if old.get("fingerprint") != fp:
-                if not overwrite:
-                    raise ValueError(f"out_dir: {out} holds a run with other inputs or settings (fingerprint {old.get('fingerprint')} "
-                                     f"!= {fp}); pass overwrite=True to start afresh, or choose another output directory.")
-                _clear(out)
-            elif not resume: raise ValueError(f"out_dir: {out} holds this run already; pass resume=True to continue it, or overwrite=True.")
-            elif (out / RESULTS_FILE).is_file():
-                return load_large(out)
-        elif [p for p in out.iterdir() if p.name != ".eelsnb.lock"]:
-            if not overwrite: raise ValueError(f"out_dir: {out} is not empty and holds no eelsnb run; choose another directory or pass overwrite=True.")
-            _clear(out)
+        final, runf = out, out / RUN_FILE
+        old = _read_run(runf) if runf.is_file() else None
+        if old is not None and old.get("fingerprint") == fp:
+            if not resume: raise ValueError(f"out_dir: {out} holds this run already; pass resume=True to continue it, or overwrite=True.")
+            if (out / RESULTS_FILE).is_file(): return load_large(out)
+        elif [p for p in out.iterdir() if p.name != ".eelsnb.lock"]:      # another run, or other eelsnb results
+            if old is None and foreign_entries(out): _refuse_foreign(out)
+            if not overwrite:
+                raise ValueError(f"out_dir: {out} holds " + (f"a run with other inputs or settings (fingerprint {old.get('fingerprint')} != {fp})"
+                                                             if old is not None else "eelsnb results of another kind of run")
+                                 + "; pass overwrite=True (--overwrite) to replace it, or choose another output directory.")
+            _check_clearable(out)
+            if (out / RESULTS_FILE).is_file():   # finished results stay whole and readable until the new run is complete:
+                out = _staging(final)            # it runs (and resumes, by the same command) in a hidden sibling
+                out.mkdir(exist_ok=True)
+                runf = out / RUN_FILE
+                old = _read_run(runf) if runf.is_file() else None
+                if old is not None and old.get("fingerprint") != fp: _clear(out)
+                elif old is not None and (out / RESULTS_FILE).is_file():   # complete, killed before it was put in place
+                    _swap(out, final); return load_large(final)
+            else: _clear(out)                    # an unfinished run: nothing finished to keep
         secs = {}
         # ---- bad detector channels on a sample of rows, then the run file ----
         t = time.perf_counter()
@@ -691,13 +703,49 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             for k, v in r["reasons"].items(): reasons[k] = reasons.get(k, 0) + v
         prev = json.loads((out / "work/reasons.json").read_text()) if (out / "work/reasons.json").is_file() else {}
         for k, v in prev.items(): reasons[k] = reasons.get(k, 0) + v   # blocks of an earlier, killed run
-        return _warn_vacuum(_finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt, xs))
+        res = _finish(out, run, ens, grid, flags, masked, labels, centers, d["proxy"], reasons, secs, t0, names, fmt, xs)
+        if out != final: _swap(out, final); res.out_dir = final   # the run it replaces goes only now
+        return _warn_vacuum(res)
     finally:
         lock.release()
 
+def _read_run(runf:Path)->dict:
+    try: return json.loads(runf.read_text())
+    except ValueError as err:
+        raise ValueError(f"out_dir: {runf} is not readable ({err}): the run directory is damaged; remove "
+                         f"{runf.parent} to start afresh, or choose another output directory.") from None
+
+def _staging(final:Path)->Path:
+    "Where a run that replaces the finished results in `final` works until it is complete (found again on resume)."
+    return final.parent / f".{final.name}.replacing"
+
+def _swap(stage:Path, final:Path):
+    "Put the complete run `stage` in place of `final` by renames, then remove the results it replaces."
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.rename(final, old)
+    try: os.rename(stage, final)
+    except BaseException:
+        os.rename(old, final); raise
+    shutil.rmtree(old, ignore_errors=True)
+
+def _refuse_foreign(out:Path):
+    extra = foreign_entries(out)
+    raise ValueError(f"out_dir: {out} is not empty and holds no eelsnb run ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); "
+                     "it is not cleared even with overwrite; choose another directory.")
+
+def _check_clearable(out:Path):
+    "Raise ValueError where `out` holds anything besides an eelsnb run's own entries (overwriting would delete it)."
+    extra = foreign_entries(out)
+    if extra:
+        raise ValueError(f"out_dir: {out} holds {len(extra)} entr{'y' if len(extra) == 1 else 'ies'} besides an eelsnb run "
+                         f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}) that overwrite would delete; move them "
+                         "elsewhere or choose another directory.")
+
 def _clear(out:Path):
+    "Remove an earlier run's files from `out`: eelsnb's own entries only; refused (ValueError) where `out` holds anything else."
+    _check_clearable(out)
     for p in out.iterdir():
-        if p.name == ".eelsnb.lock": continue
+        if p.name == ".eelsnb.lock" or not (p.name in OUTPUT_ENTRIES or _own_temporary(p.name)): continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 # %% ../nbs/14_large.ipynb #72b765c8

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'atomic_write_json', 'atomic_dir', 'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
+__all__ = ['OUTPUT_ENTRIES', 'atomic_write_bytes', 'atomic_write_json', 'foreign_entries', 'check_replaceable', 'atomic_dir',
+           'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
 
 # %% ../nbs/00a_store.ipynb #6b20bc14
 def _fsync_dir(path:Path):
@@ -59,8 +60,45 @@ def atomic_write_json(path, obj, indent:int=2)->Path:
     return atomic_write_bytes(path, json.dumps(clean(obj), indent=indent, default=_json_default, allow_nan=False).encode())
 
 # %% ../nbs/00a_store.ipynb #3defc77b
+# What eelsnb writes into an output directory (`eelsnb spectra/image/demo`, `SpectraResults.save`, `ImageResults.save`,
+# `analyse_large`). A directory is replaced or cleared only when it holds nothing else: a user's notes or input data kept
+# beside earlier results are never deleted, with overwrite or without.
+OUTPUT_ENTRIES = frozenset({"results.json", "report.html", "model", "spectra", "maps", "work", "grid.npz", ".eelsnb.lock"})
+
+def _own_temporary(name:str)->bool:
+    "A temporary name of eelsnb's atomic writes (`.NAME.XXXX.partial`, `.NAME.tmp-XXXX`, `.NAME.old-XXXX`) left by a killed run."
+    return name.startswith(".") and (name.endswith(".partial") or ".tmp-" in name or ".old-" in name or ".old." in name)
+
+def foreign_entries(path, # a directory
+                    allowed=OUTPUT_ENTRIES, # names eelsnb writes there
+                   )->list: # sorted names in `path` that eelsnb did not write; [] for a missing directory
+    "What a user keeps in an output directory beside eelsnb's own files."
+    p = Path(path)
+    if not p.is_dir(): return []
+    return sorted(q.name for q in p.iterdir() if q.name not in allowed and not _own_temporary(q.name))
+
+def check_replaceable(path, # an existing directory about to be replaced or cleared
+                      marker:str, # the file eelsnb writes there ('results.json', 'model.json')
+                      allowed=OUTPUT_ENTRIES, # every name eelsnb writes there
+                      what:str="eelsnb results", # what the directory should hold, for the message
+                      option:str="overwrite=True", # how the user asked to replace it, for the message
+                     )->None:
+    """Raise ValueError unless the non-empty directory `path` holds `marker` and nothing but `allowed`: overwriting replaces
+    eelsnb's own results, never a directory of other files nor the files a user put beside them."""
+    p = Path(path)
+    if not p.is_dir() or not any(p.iterdir()): return
+    if not (p / marker).exists():
+        raise ValueError(f"{p}: holds files that are not {what} (no {marker}); it is not replaced even with {option}; "
+                         "choose another directory.")
+    extra = foreign_entries(p, allowed)
+    if extra:
+        raise ValueError(f"{p}: besides {what} it holds {len(extra)} other entr{'y' if len(extra) == 1 else 'ies'} "
+                         f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}) that {option} would delete; "
+                         "move them elsewhere or choose another directory.")
+
 def atomic_dir(path, # final directory
                overwrite:bool=False, # replace an existing non-empty directory
+               marker:str|None=None, # with overwrite: replace only a directory holding this file and nothing but OUTPUT_ENTRIES (`check_replaceable`); None: any
               ):
     "Context manager: build a directory under a temporary name beside `path`, rename it into place at the end."
     path = Path(path)
@@ -69,6 +107,7 @@ def atomic_dir(path, # final directory
         if path.exists() and not path.is_dir(): raise ValueError(f"{path}: exists and is not a directory; choose another output path.")
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             raise ValueError(f"{path}: exists and is not empty; pass overwrite=True (--overwrite) or choose another output directory.")
+        if overwrite and marker is not None: check_replaceable(path, marker)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
         try:

@@ -271,6 +271,11 @@ def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
     rc, _, err = run(capsys, argv)
     assert_one_line_error(rc, err, "not empty")
     assert (out / "results.json").read_text() == before
+    (out / "my_notes.txt").write_text("mine")      # a user's file beside the results: --overwrite refuses, naming it
+    rc, _, err = run(capsys, argv + ["--overwrite"])
+    assert_one_line_error(rc, err, "(my_notes.txt) that --overwrite would delete")
+    assert (out / "results.json").read_text() == before and "analysing" not in err
+    (out / "my_notes.txt").unlink()
     rc, stdout, err = run(capsys, argv + ["--overwrite"])
     assert rc == 0, err[-3000:]
     assert stdout == "" and "eelsnb [" not in err                          # --quiet

@@ -264,3 +264,50 @@ def test_oversized_chunk_rows_warn_and_the_advice_works(data, monkeypatch, tmp_p
         warnings.simplefilter("error"); assert not L.warn_chunking(src2, 4)
     arr = L.open_si(np.asarray(data["si"].counts, np.float32), energy=E)   # in memory: nothing to decompress
     assert not L.warn_chunking(arr, 1)
+
+
+def test_overwrite_keeps_the_users_files_and_the_old_run_until_the_new_one_is_complete(data):
+    """overwrite=True replaces eelsnb's own results, nothing else: a directory of other files, the input SI inside the
+    output directory and a user's file beside earlier results are refused with nothing touched (no lock file either).
+    A finished run being replaced stays whole and loadable while the new one works in a hidden sibling, also when the
+    new one is killed with SIGKILL; the same command then resumes it and puts it in place."""
+    import shutil, zarr
+    from eelsnb.large import analyse_large, load_large
+    root = data["root"]
+    kw = dict(KW, model=str(root / "ref"), reuse_grid=True)
+    kw.pop("n_replicas"); kw.pop("max_epochs")
+    mine = root / "mine"; (mine / "sub").mkdir(parents=True); (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds no eelsnb run \(notes.txt, sub\); it is not cleared even with overwrite"):
+        analyse_large(data["path"], mine, overwrite=True, **kw)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "sub"]
+    proj = root / "proj"; proj.mkdir(); shutil.copytree(data["path"], proj / "si.zspy")
+    with pytest.raises(ValueError, match="contains the input"):
+        analyse_large(proj / "si.zspy", proj, overwrite=True, **kw)
+    assert sorted(p.name for p in proj.iterdir()) == ["si.zspy"]
+    old = root / "old"; shutil.copytree(root / "ref", old)
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"\(notes.txt\) that overwrite would delete"):
+        analyse_large(data["path"], old, overwrite=True, **dict(kw, seed=1))
+    (old / "notes.txt").unlink()
+    before = (old / "results.json").read_bytes()
+    # the replacing run (another seed: another fingerprint), killed in pass 2
+    cmd = [sys.executable, "-c", RUN, str(data["path"]), str(old), json.dumps(dict(kw, seed=1, overwrite=True))]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stage = root / ".old.replacing"
+    t_end = time.time() + 120
+    while time.time() < t_end and proc.poll() is None:
+        try:
+            if int(np.sum(zarr.open_group(str(stage / "work/maps.zarr"), mode="r")["done"][:])) >= 1: break
+        except Exception: pass
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stdout.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert (old / "results.json").read_bytes() == before and stage.is_dir()
+    _same_maps(load_large(old), data["ref"])                                 # the old run, whole
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    new = load_large(old)
+    assert new.seconds["blocks_done_before"] >= 1 and new.settings["seed"] == 1
+    assert json.loads((old / "results.json").read_text())["fingerprint"] != json.loads(before)["fingerprint"]
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".old")]   # no staging or old directory left
