@@ -301,7 +301,7 @@ def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
     if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
     return xc
 
-CAUTION_KEYS = ("calibration_caution", "exponent_caution", "t_over_lambda_caution")   # settings entries that are cautions
+CAUTION_KEYS = ("calibration_caution", "exponent_caution", "band_gap_caution", "t_over_lambda_caution")   # settings entries that are cautions
 
 def settings_cautions(settings:dict)->list:
     "The cautions an analysis wrote into its settings (`CAUTION_KEYS`), as 'name: text' in that order."

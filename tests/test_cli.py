@@ -453,7 +453,9 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     assert "Per thickness cluster" in report
     # cluster 0 is the vacuum around the flake (t/lambda ~ 0); its pixels carry band gaps, so the cautions name it
     assert abs(rows[0]["t_over_lambda"]["median"]) < 0.02 and rows[0]["band_gap"]["n_pixels"] > 0, rows[0]
-    assert len(d["cautions"]) == 2 and d["cautions"][1].startswith("vacuum: cluster 0 ("), d["cautions"]
+    # and every SI band-gap map says how far its intervals held on synthetic truth (`eelsnb.image.band_gap_map_caution`)
+    assert [c.split(":")[0] for c in d["cautions"]] == ["exponent", "band_gap", "vacuum"], d["cautions"]
+    assert d["cautions"][1] == "band_gap: " + d["settings"]["band_gap_caution"] and d["cautions"][2].startswith("vacuum: cluster 0 (")
 
 
 def _strings(d):
@@ -514,6 +516,7 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert "quality.zspy" in maps and "t_over_lambda.zspy" in maps, sorted(maps)
     # the large pipeline says the same of its exponent map (the ZLP of the kernels its band-gap fits used)
     assert d["settings"]["zlp_fwhm"] > 0.4 and d["cautions"][0] == "exponent: " + d["settings"]["exponent_caution"]
+    assert "band_gap: " + d["settings"]["band_gap_caution"] in d["cautions"]
     assert stdout.strip().splitlines()[-len(d["cautions"]):] == [f"CAUTION: {c}" for c in d["cautions"]]
     rows = d["clusters"]["summaries"]    # per thickness cluster, as from the in-memory pipeline
     assert [r["cluster"] for r in rows] == [0, 1] and sum(r["pixels"] for r in rows) == 12 * 16 - d["quality"]["masked"], rows
