@@ -103,9 +103,13 @@ def spectra_inputs(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy
     if vacuum is not None:
         v, ev, _ = _as_stack(vacuum, e if not _is_signal(vacuum) else None, "vacuum")
         _same_axis(e, ev, "vacuum")
-    return dict(samples=s, vacuum=v, energy=e, names=_names(names, len(s)),
-                vacuum_names=vac_names if v is not None and vac_names and len(vac_names) == len(v)
-                else (None if v is None else [f"vacuum_{i}" for i in range(len(v))]))
+    d = dict(samples=s, vacuum=v, energy=e, names=_names(names, len(s)),
+             vacuum_names=vac_names if v is not None and vac_names and len(vac_names) == len(v)
+             else (None if v is None else [f"vacuum_{i}" for i in range(len(v))]))
+    from eelsnb.quality import check_not_saturated   # a clipped ZLP would teach the ensemble a wrong shape
+    check_not_saturated(s, "samples", d["names"])
+    if v is not None: check_not_saturated(v, "vacuum", d["vacuum_names"])
+    return d
 
 # %% ../nbs/09_analysis.ipynb #95e11257
 def zlp_fwhm(counts, # aligned spectra (n, n_E) with the ZLP at 0 eV

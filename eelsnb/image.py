@@ -608,6 +608,9 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     else: n_replicas, max_epochs = _positive("n_replicas", n_replicas), _positive("max_epochs", max_epochs)
     data = flat.compute() if hasattr(flat, "compute") else flat
     counts = check_counts(np.asarray(data).reshape(shape + (len(e),)), e, name="si")   # clustering and training need it all
+    from eelsnb.quality import check_not_saturated
+    check_not_saturated(counts, "si", remedy="eelsnb.large.analyse_large (eelsnb image on a .zspy file, or with --scheduler) "
+                        "masks such pixels and flags them in its quality map, or record the scan with a shorter exposure")
     if clusters is None: clusters = cluster_thickness(counts, e, n_clusters=n_clusters, seed=seed)
     elif not isinstance(clusters, Clusters):
         lab = np.asarray(clusters)

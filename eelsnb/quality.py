@@ -9,8 +9,8 @@ import numpy as np
 from scipy import ndimage
 
 # %% auto #0
-__all__ = ['FLAGS', 'MASKING', 'find_spikes', 'find_bad_channels', 'find_saturated', 'find_dead_hot', 'Quality',
-           'spectrum_faults', 'check_quality']
+__all__ = ['FLAGS', 'MASKING', 'find_spikes', 'find_bad_channels', 'find_saturated', 'check_not_saturated', 'find_dead_hot',
+           'Quality', 'spectrum_faults', 'check_quality']
 
 # %% ../nbs/01a_quality.ipynb #eaacc3f5
 FLAGS = dict(nonfinite=1, empty=2, negative=4, saturated=8, dead=16, hot=32, spikes=64)
@@ -137,6 +137,21 @@ def find_saturated(counts:np.ndarray, # spectra (..., n_E), finite
     run = at[..., :x.shape[-1] - min_flat + 1].copy()
     for j in range(1, min_flat): run &= at[..., j:x.shape[-1] - min_flat + 1 + j]
     return run.any(-1) & (m[..., 0] >= min_peak)
+
+def check_not_saturated(counts:np.ndarray, # spectra (..., n_E), finite
+                        name:str, # what they are, for the message ('samples', 'si')
+                        labels=None, # one label per spectrum (flattened order); None: indices, (y, x) for an SI
+                        remedy:str="record them with a shorter exposure or leave them out", # what to do, for the message
+                       )->None:
+    "Raise ValueError naming the spectra whose ZLP is clipped flat at its maximum (`find_saturated`): the ZLP shape learnt from them would be wrong."
+    sat = find_saturated(counts)
+    if not np.any(sat): return
+    ix = np.argwhere(np.atleast_1d(sat))
+    lab = ([str(labels[i]) for i in np.flatnonzero(np.ravel(sat))] if labels is not None else
+           [str(tuple(int(v) for v in i)) if len(i) > 1 else str(int(i[0])) for i in ix])
+    n = len(lab)
+    raise ValueError(f"{name}: {n} spectr{'um has' if n == 1 else 'a have'} a ZLP clipped flat at its maximum ({', '.join(lab[:5])}"
+                     f"{', ...' if n > 5 else ''}): the detector saturated, so the ZLP shape there is wrong; {remedy}.")
 
 # %% ../nbs/01a_quality.ipynb #aa010dc0
 def find_dead_hot(totals:np.ndarray, # total counts per spectrum, (ny, nx) for an SI or (n,) for a stack

@@ -528,3 +528,15 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert json.loads((out / "results.json").read_text())["maps"] == json.loads(before)["maps"]
     rc, _, err = run(capsys, ["image", tmp_path / "nope.zspy", "--scheduler", "local", "--out", tmp_path / "x"])
     assert_one_line_error(rc, err, "nope.zspy", "no such file")
+
+
+def test_saturated_zlp_is_refused(capsys, tmp_path):
+    "A sample whose ZLP is clipped flat (detector saturation) is named before any training; nothing is written."
+    x = np.loadtxt(WS2 / "sample_14.txt")
+    f = tmp_path / "clipped.txt"
+    np.savetxt(f, np.minimum(x, 0.3 * x.max())[None])
+    out = tmp_path / "o"
+    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", f, *ERANGE,
+                              "--replicas", "4", "--epochs", "50", "--out", out])
+    assert_one_line_error(rc, err, "samples: 1 spectrum has a ZLP clipped flat at its maximum (clipped.txt)", "shorter exposure")
+    assert "Epoch" not in err and not out.exists()
