@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #5ef1984e
 from __future__ import annotations
-import argparse, contextlib, datetime, errno, html, json, math, os, shlex, shutil, sys, tempfile, time, traceback
+import argparse, contextlib, datetime, errno, html, json, math, os, shlex, shutil, sys, tempfile, time, traceback, warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -169,8 +169,9 @@ def build_parser()->argparse.ArgumentParser:
                         "data for the ensemble (default: none, the samples alone)")
     g.add_argument("--energy-range", nargs=2, type=_finite, metavar=("EMIN", "EMAX"),
                    help="energy of the low edge of the first channel and of the high edge of the last one (eV); "
-                        "required for plain-text files (.txt, .csv, .dat, .tsv), which carry no axis, and "
-                        "ignored with a note for files that do (default: none)")
+                        "required for plain-text files (.txt, .csv, .dat, .tsv) of counts, which carry no axis (one spectrum per "
+                        "row, or one count per line); checked against a text file of two columns, energy (eV) and counts; "
+                        "ignored with a note for other files, which carry their own (default: none)")
     g = sp.add_argument_group("analysis")
     g.add_argument("--dE1", type=_finite, nargs="+", metavar="EV",
                    help="end of the ZLP training window (eV): one value for every sample, or one per sample in the order "
@@ -268,7 +269,7 @@ def load_spectra(paths:list, # files to read, any format `eelsnb.io.load` reads
                  reference:str="the samples", # what `energy` belongs to (for messages)
                 )->tuple: # (counts (n, n_E), energy (n_E,), names list[str])
     "Load spectra from files onto one energy axis; names are the file names (`name[i]` within a stack)."
-    from eelsnb.io import TEXT_SUFFIXES, as_arrays, load
+    from eelsnb.io import TEXT_SUFFIXES, as_arrays, load, MissingEnergyAxis
     note = note or Progress().note
     if not paths: raise ValueError(f"{option}: no files given.")
     if energy_range is not None:
@@ -280,12 +281,14 @@ def load_spectra(paths:list, # files to read, any format `eelsnb.io.load` reads
         if path.is_dir(): raise ValueError(f"{option} {path}: is a directory, not a file.")
         if not path.exists(): raise ValueError(f"{option} {path}: no such file.")
         text = path.suffix.lower() in TEXT_SUFFIXES
-        if text and energy_range is None:
-            raise ValueError(f"{option} {path.name}: plain-text counts carry no energy axis; pass --energy-range "
-                             "EMIN EMAX (eV: low edge of the first channel, high edge of the last).")
         if not text and energy_range is not None:
             note(f"--energy-range ignored for {path.name}: the file carries its own calibrated energy axis.")
-        with quiet_loaders(): s = load(path, energy_range=energy_range if text else None)
+        try:
+            with quiet_loaders(): s = load(path, energy_range=energy_range if text else None)
+        except MissingEnergyAxis:   # rows of counts, or one count per line; (energy, counts) columns carry their axis
+            raise ValueError(f"{option} {path.name}: plain-text counts carry no energy axis; pass --energy-range "
+                             "EMIN EMAX (eV: low edge of the first channel, high edge of the last), or give the file "
+                             "two columns, energy (eV) and counts.") from None
         c, e = as_arrays(s, name=path.name)
         if c.ndim > 2 and int(np.prod(c.shape[:-1])) != max(c.shape[:-1]):
             raise ValueError(f"{option} {path.name}: holds a spectral image {c.shape[:-1]}; use `eelsnb image` for it.")
@@ -667,7 +670,10 @@ def main(argv:list|None=None, # arguments without the program name; None: sys.ar
     args.command_line = "eelsnb " + shlex.join(argv)
     log = Progress(args.quiet)
     try:
-        args.run(args, log)
+        with warnings.catch_warnings():
+            if not args.debug:   # a warning is one line on stderr, without the source line Python would echo under it
+                warnings.showwarning = lambda m, c, f, l, file=None, line=None: print(f"eelsnb: warning: {one_line(m)}", file=sys.stderr, flush=True)
+            args.run(args, log)
     except KeyboardInterrupt:
         print("eelsnb: interrupted; --out was left as it was.", file=sys.stderr)
         return 130

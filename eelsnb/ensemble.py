@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_ensemble.ipynb #fc6d7458
 from __future__ import annotations
-import hashlib, json, logging, math, os, shutil, tempfile, time, warnings
+import hashlib, json, logging, math, os, shutil, signal, tempfile, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -654,7 +654,12 @@ class ZLPEnsemble:
             trainer = make_trainer(s["max_epochs"], s["progress_bar"], s["accelerator"], s["precision"],
                                    devices=s.get("devices", 1), callbacks=cbs)
             t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+            sigint = signal.getsignal(signal.SIGINT)
+            try: trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+            except SystemExit:   # Lightning answers Ctrl-C with sys.exit(1), after ignoring SIGINT from then on
+                if not trainer.interrupted: raise
+                signal.signal(signal.SIGINT, sigint)
+                raise KeyboardInterrupt("training interrupted" + (" (it resumes from its last checkpoint)" if ckpt or s.get("checkpoint_dir") else "")) from None
             self.fit_seconds = time.perf_counter() - t0
             self.resumed_from = getattr(module, "_resumed_step", None) if ckpt is not None else None
             if s.get("checkpoint_dir"): # finished: the checkpoint has done its job

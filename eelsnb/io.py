@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover - exspy is a requirement, but keep io us
     EELSSpectrum = None
 
 # %% auto #0
-__all__ = ['TEXT_SUFFIXES', 'energy_axis', 'check_energy', 'check_counts', 'to_signal', 'signal_energy', 'as_arrays', 'load_text',
-           'load', 'save', 'data_dir', 'manifest', 'WS2Data', 'load_ws2']
+__all__ = ['TEXT_SUFFIXES', 'energy_axis', 'check_energy', 'check_counts', 'to_signal', 'signal_energy', 'as_arrays',
+           'MissingEnergyAxis', 'load_text', 'load', 'save', 'data_dir', 'manifest', 'WS2Data', 'load_ws2']
 
 # %% ../nbs/00_io.ipynb #40848ae1
 def energy_axis(e_min:float, # low edge of the first channel (eV)
@@ -150,15 +150,18 @@ def as_arrays(data, # a hyperspy signal, or an array of counts (..., n_E)
 # %% ../nbs/00_io.ipynb #40ec2df0
 TEXT_SUFFIXES = (".txt", ".csv", ".dat", ".tsv")
 
-def load_text(path, # plain-text file: one row of counts per spectrum
-              energy_range:tuple, # (e_min, e_max) in eV: low edge of the first and high edge of the last channel
+class MissingEnergyAxis(ValueError):
+    "A plain-text file of counts without an energy column, read without an energy range."
+
+def load_text(path, # plain-text file: one row of counts per spectrum, one count per line, or (energy eV, counts) per line
+              energy_range:tuple|None=None, # (e_min, e_max) in eV: low edge of the first and high edge of the last channel; needed unless the file has an energy column
               title:str|None=None, # title; defaults to the file name
              ):
-    "Read a plain-text file of counts (one spectrum per row, no axis) into an `EELSSpectrum`."
+    """Read a plain-text file into an `EELSSpectrum`. Three layouts: rows of counts (one spectrum per row, no axis), one
+    count per line (one spectrum, no axis), or two columns, energy (eV) and counts, per line (one spectrum with its axis,
+    as spectra are often exported)."""
     path = Path(path)
-    if energy_range is None:
-        raise ValueError(f"{path.name}: plain-text counts carry no energy axis; pass energy_range=(e_min, e_max) in eV.")
-    if len(energy_range) != 2: raise ValueError(f"energy_range: expected (e_min, e_max), got {energy_range!r}.")
+    if energy_range is not None and len(energy_range) != 2: raise ValueError(f"energy_range: expected (e_min, e_max), got {energy_range!r}.")
     if not path.is_file(): raise ValueError(f"{path}: no such file.")
     text = path.read_text(errors="replace")
     rows = []
@@ -171,7 +174,25 @@ def load_text(path, # plain-text file: one row of counts per spectrum
     n = {len(r) for r in rows}
     if len(n) != 1: raise ValueError(f"{path.name}: rows have different numbers of channels {sorted(n)}.")
     counts = np.stack(rows) if len(rows) > 1 else rows[0]
-    e = energy_axis(float(energy_range[0]), float(energy_range[1]), counts.shape[-1])
+    e = None
+    if counts.ndim == 2 and counts.shape[1] == 1: counts = counts[:, 0]            # one count per line: one spectrum
+    elif counts.ndim == 2 and counts.shape[1] == 2 and len(counts) > 2:            # (energy, counts) per line
+        try: e = check_energy(counts[:, 0], name=f"{path.name}: its first column")
+        except ValueError as err:
+            raise ValueError(f"{err} Two numbers per line are read as energy (eV) and counts, and the energies must rise "
+                             "evenly; a file of spectra holds one spectrum per row.") from None
+        counts = counts[:, 1]
+        if energy_range is not None:
+            step = e[1] - e[0]
+            lo, hi = e[0] - step / 2, e[-1] + step / 2
+            if abs(lo - float(energy_range[0])) > step / 2 or abs(hi - float(energy_range[1])) > step / 2:
+                raise ValueError(f"{path.name}: its energy column spans {lo:.4g}..{hi:.4g} eV (channel edges), but the energy "
+                                 f"range given is {float(energy_range[0]):.4g}..{float(energy_range[1]):.4g} eV; drop the range "
+                                 "(the file carries its own axis) or correct it.")
+    if e is None:
+        if energy_range is None:
+            raise MissingEnergyAxis(f"{path.name}: plain-text counts carry no energy axis; pass energy_range=(e_min, e_max) in eV.")
+        e = energy_axis(float(energy_range[0]), float(energy_range[1]), counts.shape[-1])
     s = to_signal(counts, e, title=path.stem if title is None else title)
     s.metadata.set_item("General.original_filename", path.name)
     return s

@@ -540,3 +540,23 @@ def test_saturated_zlp_is_refused(capsys, tmp_path):
                               "--replicas", "4", "--epochs", "50", "--out", out])
     assert_one_line_error(rc, err, "samples: 1 spectrum has a ZLP clipped flat at its maximum (clipped.txt)", "shorter exposure")
     assert "Epoch" not in err and not out.exists()
+
+
+def test_ctrl_c_during_training_exits_130(tmp_path):
+    """Ctrl-C while the ensemble trains: Lightning answers it with sys.exit(1) (and ignores SIGINT from then on); eelsnb
+    turns that back into an interruption: exit 130, one line saying so, --out not written."""
+    import signal, time
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "eelsnb.cli", "spectra", "--sample", str(WS2 / "sample_14.txt"), *ERANGE,
+           "--replicas", "4", "--epochs", "200000", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t_end, seen = time.time() + 120, ""
+    while time.time() < t_end and "analysing" not in seen:   # progress lines come before the training starts
+        line = proc.stderr.readline()
+        if not line: break
+        seen += line
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, (seen + err)[-2000:])
+    assert "eelsnb: interrupted; --out was left as it was." in err and not out.exists()
