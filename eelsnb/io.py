@@ -62,6 +62,13 @@ def check_energy(energy, # energy axis (eV)
     return e
 
 # %% ../nbs/00_io.ipynb #d72a1395
+def _where(mask)->str:
+    "' (at 3, 7, ...)': the first positions of a spectra mask (indices; (y, x) in a spectral image); '' for a single spectrum."
+    if np.ndim(mask) == 0: return ""
+    ix = np.argwhere(mask)[:3]
+    pos = [str(int(i[0])) if len(i) == 1 else str(tuple(int(v) for v in i)) for i in ix]
+    return f" (at {', '.join(pos)}{', ...' if int(np.sum(mask)) > 3 else ''})"
+
 def check_counts(counts, # counts, energy on the last axis, shape (..., n_E)
                  energy=None, # energy axis to match, shape (n_E,)
                  name:str="counts", # argument name used in error messages
@@ -87,11 +94,12 @@ def check_counts(counts, # counts, energy on the last axis, shape (..., n_E)
     bad = ~np.isfinite(c)
     if bad.any():
         raise ValueError(f"{name}: {int(bad.sum())} NaN/inf values in {int(bad.reshape(-1, c.shape[-1]).any(-1).sum())} "
-                         "spectra; remove or repair those spectra (see eelsnb.preprocess) before analysis.")
+                         f"spectra{_where(bad.any(-1))}; remove or repair those spectra (see eelsnb.preprocess) before analysis.")
     tot = c.sum(-1)
     if np.any(tot <= 0):
-        raise ValueError(f"{name}: {int(np.sum(tot <= 0))} spectra have zero or negative total counts; "
-                         "check the dark reference and drop empty spectra.")
+        raise ValueError(f"{name}: {int(np.sum(tot <= 0))} spectra have zero or negative total counts{_where(tot <= 0)}; "
+                         "check the dark reference and drop empty spectra (in a spectral image, eelsnb.large.analyse_large "
+                         "masks such pixels and flags them).")
     return c
 
 # %% ../nbs/00_io.ipynb #83b19229
@@ -193,6 +201,7 @@ def load_text(path, # plain-text file: one row of counts per spectrum, one count
         if energy_range is None:
             raise MissingEnergyAxis(f"{path.name}: plain-text counts carry no energy axis; pass energy_range=(e_min, e_max) in eV.")
         e = energy_axis(float(energy_range[0]), float(energy_range[1]), counts.shape[-1])
+    check_counts(counts, e, name=path.name)   # NaN or empty spectra: named by the file (and row) here, not as 'counts' later
     s = to_signal(counts, e, title=path.stem if title is None else title)
     s.metadata.set_item("General.original_filename", path.name)
     return s

@@ -635,7 +635,10 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             flags[dead & ~empty] |= FLAGS["dead"]; flags[hot] |= FLAGS["hot"]
             masked |= (dead & ~empty) | hot
             usable, clean = ~masked, flags == 0
-            if clean.sum() < K: raise ValueError(f"si: only {int(clean.sum())} pixels are free of faults, fewer than n_clusters={K}.")
+            if clean.sum() < K:
+                faults = ", ".join(f"{k} {int(((flags & b) > 0).sum())}" for k, b in FLAGS.items() if ((flags & b) > 0).any())
+                raise ValueError(f"si: only {int(clean.sum())} of {flags.size} pixels are free of faults ({faults}), fewer than "
+                                 f"n_clusters={K}; lower n_clusters, or check the scan (the quality settings are QUALITY_DEFAULTS).")
             labels, centers = _kmeans(d["proxy"], clean, usable, K, seed, int(kmeans_pixels))
             secs["clusters"] = time.perf_counter() - t; t = time.perf_counter()
             # ---- training (or the given model) ----

@@ -124,8 +124,10 @@ def check_zlp_scale(zlp_median, counts, factor:float=1.5, name:str="counts")->fl
     r = float(np.median(_core_ratio(np.asarray(zlp_median, float), np.asarray(counts, float))))
     if factor is not None and not (1 / factor <= r <= factor):
         raise ValueError(f"{name}: the ensemble's ZLP core is {r:.3g} x the measured one (allowed 1/{factor:g}..{factor:g}). "
-                         "The energy axis (channel width, calibration, alignment) probably differs from the training "
-                         "data, or the ensemble does not describe these spectra: put them on the training axis, or retrain.")
+                         "Either the energy axis (channel width, calibration, alignment) differs from the training data: put "
+                         "them on the training axis; or the ensemble does not describe these spectra: it was trained too "
+                         "briefly (more epochs: max_epochs, --epochs) or on references that are not vacuum recorded like "
+                         "them; retrain.")
     return r
 
 # %% ../nbs/06_subtract.ipynb #711a60b5
