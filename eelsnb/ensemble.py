@@ -975,13 +975,20 @@ def _load(cls, path)->"ZLPEnsemble":
     if not all(torch.isfinite(v).all() for v in tensors.values()): raise _bad(wp, "tensors contain NaN or inf values.")
     net = net.to(dts.pop()); net.load_state_dict(tensors); net.eval()
     nan = lambda v: np.array([np.nan if x is None else x for x in v], dtype=np.float64)
-    ens.net, ens.scaler, ens.input_names = net, card["_scaler"], list(card["_scaler"].names)
-    ens.conditions_seen, ens.dE1, ens.dE2 = card["conditions_seen"], nan(card["dE1"]), nan(card["dE2"])
-    ens.chi2 = dict(train=nan(card["chi2_train"]), valid=nan(card["chi2_valid"]))
-    ens.best_epoch = np.asarray(card["best_epoch"], dtype=int)
-    ens.outliers, ens.replica_ids = np.asarray(card["outliers"], dtype=bool), np.asarray(card["replica_ids"], dtype=int)
-    ens.history, ens.training_set_seed = card.get("history", []), card["seeds"].get("training_set")
-    ens.training_set_meta, ens.versions = card.get("training_set", {}), card["versions"]
+    try:   # a hand-edited card: values of the wrong type or length are named here, not met later in an analysis
+        ens.net, ens.scaler, ens.input_names = net, card["_scaler"], list(card["_scaler"].names)
+        ens.dE1, ens.dE2 = nan(card["dE1"]), nan(card["dE2"])
+        ens.conditions_seen = {str(k): [float(lo), float(hi)] for k, (lo, hi) in card["conditions_seen"].items()}
+        ens.chi2 = dict(train=nan(card["chi2_train"]), valid=nan(card["chi2_valid"]))
+        ens.best_epoch = np.asarray(card["best_epoch"], dtype=int)
+        ens.outliers, ens.replica_ids = np.asarray(card["outliers"], dtype=bool), np.asarray(card["replica_ids"], dtype=int)
+        ens.history, ens.training_set_seed = card.get("history", []), card["seeds"].get("training_set")
+        ens.training_set_meta, ens.versions = card.get("training_set", {}), card["versions"]
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise _bad(path / CARD_FILE, f"a field has a value of the wrong kind ({type(err).__name__}: {err}).") from None
+    if ens.dE1.ndim != 1 or ens.dE1.shape != ens.dE2.shape: raise _bad(path / CARD_FILE, f"'dE1' and 'dE2' need one value each per cluster, got {len(ens.dE1)} and {len(ens.dE2)}.")
+    if sorted(ens.conditions_seen) != sorted(ens.input_names):
+        raise _bad(path / CARD_FILE, f"'conditions_seen' has {sorted(ens.conditions_seen)}, the inputs are {sorted(ens.input_names)}.")
     ens.module = ens.trainer = None
     sc = card.get("spread_calibration")
     if sc is not None:
