@@ -23,7 +23,8 @@ from .subtract import (subtract_image, record_training_axis, check_ensemble, che
 __all__ = ['MAP_NAMES', 'VACUUM_REASON', 'RESULTS_FILE', 'MAPS_DIR', 'MODEL_DIR', 'WHICH', 'VACUUM_LIKE_T', 'map_names',
            'analysed_channels', 'analysed_layout', 'peak_windows_on', 't_over_lambda_sums', 'check_vacuum_below',
            'analyse_chunk', 'jsonable', 'cluster_summaries', 'vacuum_cautions', 'kernels_fwhm', 'band_gap_map_caution',
-           'exponent_settings', 'axis_settings', 'ImageResults', 'torch_threads', 'analyse_image']
+           'exponent_settings', 'axis_settings', 'ImageResults', 'read_results_json', 'read_map', 'torch_threads',
+           'analyse_image']
 
 # %% ../nbs/10_image.ipynb #5a20ceab
 MAP_NAMES = ("band_gap", "exponent", "t_over_lambda", "exciton_position", "exciton_width", "plasmon_position", "plasmon_width")
@@ -521,24 +522,48 @@ def _save(self, out_dir, # directory to write (created; must not hold results un
     if old is not None: shutil.rmtree(old, ignore_errors=True)
     return sorted(p for p in out.rglob("*") if p.is_file())
 
+def read_results_json(rf:Path, # a results.json
+                      keys=("shape", "n_replicas", "energy", "maps", "band_gap_failures"), # what it must hold
+                     )->dict:
+    "The results of an SI run, or a ValueError naming the file: not JSON, not an object, or missing a key."
+    try: d = json.loads(Path(rf).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{rf}: not valid JSON ({err}); the results file is damaged.") from None
+    if not isinstance(d, dict): raise ValueError(f"{rf}: not an eelsnb results file (a JSON {type(d).__name__}, not an object).")
+    for k in keys:
+        if k not in d: raise ValueError(f"{rf}: missing key {k!r}; the file is incomplete or from another program.")
+    return d
+
+def read_map(out:Path, # a results directory
+             rel, # the map file's path in it (from results.json)
+             n:int, # layers expected (4: median, low, high, n_valid)
+             shape:tuple, # the SI's (ny, nx)
+            )->np.ndarray: # (n, ny, nx)
+    "One map file of a results directory, or a ValueError naming it: missing, unreadable, or of the wrong shape."
+    import hyperspy.api as hs
+    p = Path(out) / str(rel)
+    if not p.exists(): raise ValueError(f"{out}: map file {rel} is missing.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore"); data = np.asarray(hs.load(str(p)).data)
+    except Exception as err:
+        raise ValueError(f"{p}: not a readable map file ({type(err).__name__}: {err}); the results directory is damaged.") from None
+    if data.shape != (n,) + tuple(shape): raise ValueError(f"{p}: shape {data.shape}, expected {(n,) + tuple(shape)}.")
+    return data
+
 def _load(cls, out_dir)->"ImageResults":
     "Read a results directory written by `save` (maps, summaries, clusters, model)."
-    import hyperspy.api as hs
-    from eelsnb.ensemble import ZLPEnsemble
     out = Path(out_dir)
     rf = out / RESULTS_FILE
     if not rf.is_file(): raise ValueError(f"{out}: no {RESULTS_FILE}; not an eelsnb image results directory.")
-    try: d = json.loads(rf.read_text())
-    except json.JSONDecodeError as err: raise ValueError(f"{rf}: not valid JSON ({err}).") from None
-    for k in ("shape", "n_replicas", "energy", "maps", "band_gap_failures"):
-        if k not in d: raise ValueError(f"{rf}: missing key {k!r}; the file is incomplete or from another program.")
-    def read(rel, n):
-        p = out / rel
-        if not p.is_file(): raise ValueError(f"{out}: map file {rel} is missing.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore"); data = np.asarray(hs.load(str(p)).data)
-        if data.shape != (n,) + tuple(d["shape"]): raise ValueError(f"{p}: shape {data.shape}, expected {(n,) + tuple(d['shape'])}.")
-        return data
+    d = read_results_json(rf)
+    try: return _from_results(cls, out, d)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{rf}: an entry is missing or of the wrong kind ({type(err).__name__}: {err}); the file is damaged.") from None
+
+def _from_results(cls, out, d):
+    from eelsnb.ensemble import ZLPEnsemble
+    read = lambda rel, n: read_map(out, rel, n, d["shape"])
     maps = {}
     for n, m in d["maps"].items():
         a = read(m["file"], 4)

@@ -590,7 +590,11 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
         old = _read_run(runf) if runf.is_file() else None
         if old is not None and old.get("fingerprint") == fp:
             if not resume: raise ValueError(f"out_dir: {out} holds this run already; pass resume=True to continue it, or overwrite=True.")
-            if (out / RESULTS_FILE).is_file(): return load_large(out)
+            if (out / RESULTS_FILE).is_file():
+                try: return load_large(out)
+                except ValueError as err:
+                    raise ValueError(f"{err} This run's chunks are complete: delete {out / RESULTS_FILE} and rerun the same "
+                                     "command, which writes the maps and results again without recomputing them.") from None
         elif [p for p in out.iterdir() if p.name != ".eelsnb.lock"]:      # another run, or other eelsnb results
             if old is None and foreign_entries(out): _refuse_foreign(out)
             if not overwrite:
@@ -808,20 +812,20 @@ def _finish(out, run, ens, grid, flags, masked, labels, centers, proxy, reasons,
 
 def load_large(out_dir)->ImageResults:
     "A finished run of `analyse_large`: `ImageResults` (maps, clusters, model) with `.quality` (flags) and `.quality_counts`."
-    import hyperspy.api as hs
-    from eelsnb.cluster import Clusters, _label_signal
-    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.image import read_results_json
     out = Path(out_dir)
     rf = out / RESULTS_FILE
     if not rf.is_file(): raise ValueError(f"{out}: no {RESULTS_FILE}; the run is not finished (rerun the same command to resume it).")
-    d = json.loads(rf.read_text())
-    def read(rel, n):
-        p = out / rel
-        if not p.exists(): raise ValueError(f"{out}: map file {rel} is missing.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore"); a = np.asarray(hs.load(str(p)).data)
-        if a.shape != (n,) + tuple(d["shape"]): raise ValueError(f"{p}: shape {a.shape}, expected {(n,) + tuple(d['shape'])}.")
-        return a
+    d = read_results_json(rf, ("shape", "n_replicas", "energy", "maps", "band_gap_failures", "clusters", "quality"))
+    try: return _large_from_results(out, d)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{rf}: an entry is missing or of the wrong kind ({type(err).__name__}: {err}); the file is damaged.") from None
+
+def _large_from_results(out:Path, d:dict)->ImageResults:
+    from eelsnb.cluster import Clusters, _label_signal
+    from eelsnb.ensemble import ZLPEnsemble
+    from eelsnb.image import read_map
+    read = lambda rel, n: read_map(out, rel, n, d["shape"])
     maps = {}
     for n, m in d["maps"].items():
         a = read(m["file"], 4); maps[n] = Summary(a[0], a[1], a[2], a[3].astype(np.int64))

@@ -311,3 +311,16 @@ def test_overwrite_keeps_the_users_files_and_the_old_run_until_the_new_one_is_co
     assert new.seconds["blocks_done_before"] >= 1 and new.settings["seed"] == 1
     assert json.loads((old / "results.json").read_text())["fingerprint"] != json.loads(before)["fingerprint"]
     assert not [p.name for p in root.iterdir() if p.name.startswith(".old")]   # no staging or old directory left
+
+
+def test_damaged_results_json_names_the_way_back(data):
+    "A finished run whose results.json is damaged: the same command names the file and the remedy; after it, the maps come back unchanged."
+    import shutil
+    from eelsnb.large import analyse_large
+    out = data["root"] / "damaged"
+    shutil.copytree(data["root"] / "ref", out)
+    (out / "results.json").write_text('{"shape": [8,')
+    with pytest.raises(ValueError, match=r"results.json: not valid JSON .* delete .*results.json and rerun the same command"):
+        analyse_large(data["path"], out, **KW)
+    (out / "results.json").unlink()
+    _same_maps(analyse_large(data["path"], out, **KW), data["ref"])
