@@ -172,12 +172,15 @@ def load_text(path, # plain-text file: one row of counts per spectrum, one count
     if energy_range is not None and len(energy_range) != 2: raise ValueError(f"energy_range: expected (e_min, e_max), got {energy_range!r}.")
     if not path.is_file(): raise ValueError(f"{path}: no such file.")
     text = path.read_text(errors="replace")
+    if "\x00" in text[:65536] or text[:65536].count("\ufffd") > 0.01 * len(text[:65536]):
+        raise ValueError(f"{path.name}: holds binary data, not text; a .dm3/.dm4/.hspy/.msa file needs its own extension.")
     rows = []
     for ln, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"): continue
         try: rows.append(np.array(line.replace(",", " ").split(), dtype=float))
         except ValueError as err:
-            raise ValueError(f"{path.name}: line {ln} is not a row of numbers ({err}); is this a text file of counts?") from None
+            msg = str(err) if len(str(err)) <= 90 else str(err)[:80] + "...'"   # garbage can make a token of kilobytes
+            raise ValueError(f"{path.name}: line {ln} is not a row of numbers ({msg}); is this a text file of counts?") from None
     if not rows: raise ValueError(f"{path.name}: the file holds no counts.")
     n = {len(r) for r in rows}
     if len(n) != 1: raise ValueError(f"{path.name}: rows have different numbers of channels {sorted(n)}.")
@@ -231,7 +234,9 @@ def load(path, # file to read (.dm3, .dm4, .msa, .hspy, .zspy, ... or plain text
         raise ValueError(f"{path.name}: holds a {len(s.axes_manager.signal_axes)}-D image, not spectra.")
     if s.metadata.Signal.get_item("signal_type", "") != "EELS":
         s.set_signal_type("EELS")
-    signal_energy(s)  # validates the axis now, with the file name in the traceback
+    try: signal_energy(s)  # validates the axis now
+    except ValueError as err:
+        raise ValueError(f"{path.name}: {err} Is it an EELS spectrum with its energy axis in eV?") from None
     if not lazy: check_counts(s.data, name=path.name)
     return s
 

@@ -442,9 +442,15 @@ def _client(scheduler, n_workers:int):
         with Client(scheduler) as c:
             _check_workers(c); yield c
     else:
-        from dask.distributed import Client as _C
-        if isinstance(scheduler, _C): _check_workers(scheduler); yield scheduler
-        else: raise ValueError(f"scheduler: expected None/'serial', 'local', an address 'tcp://host:port' or a dask Client, got {scheduler!r}.")
+        _check_scheduler(scheduler)
+        _check_workers(scheduler); yield scheduler
+
+def _check_scheduler(scheduler):
+    "A ValueError for a scheduler that is none of None/'serial', 'local', an address with a protocol, a dask Client (checked before any file is written)."
+    if scheduler in (None, "serial", "local") or (isinstance(scheduler, str) and "://" in scheduler): return
+    from dask.distributed import Client
+    if not isinstance(scheduler, Client):
+        raise ValueError(f"scheduler: expected None/'serial', 'local', an address 'tcp://host:port' or a dask Client, got {scheduler!r}.")
 
 def _run_blocks(fn, out_dir, blocks:list, client, src:LazySI, rows:int, progress:bool, desc:str, threads:int=1)->list:
     "Run fn(out_dir, b[, data]) for every block, in this process on `threads` threads or on the dask client; results in completion order."
@@ -542,6 +548,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     if analysis not in ("full", "thickness"): raise ValueError(f"analysis: expected 'full' or 'thickness', got {analysis!r}.")
     if fmt not in ("zspy", "hspy"): raise ValueError(f"fmt: expected 'zspy' or 'hspy', got {fmt!r}.")
     if not (max_memory > 0): raise ValueError(f"max_memory: need a positive number of bytes, got {max_memory!r}.")
+    _check_scheduler(scheduler)
     q = dict(QUALITY_DEFAULTS); 
     for k, v in (quality or {}).items():
         if k not in q: raise ValueError(f"quality: unknown setting {k!r}; known: {sorted(q)}.")
