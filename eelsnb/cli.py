@@ -163,7 +163,8 @@ def build_parser()->argparse.ArgumentParser:
     g = sp.add_argument_group("input")
     g.add_argument("--sample", nargs="+", required=True, metavar="FILE", type=Path,
                    help="sample spectra: one or more files in any format eelsnb.io reads (dm3, dm4, msa, hspy, "
-                        "zspy, or plain text with --energy-range); a file may hold a stack of spectra (required)")
+                        "zspy, or plain text: counts with --energy-range, or energy and counts columns); a file may hold a stack of "
+                        "spectra (required)")
     g.add_argument("--vacuum", nargs="+", default=[], metavar="FILE", type=Path,
                    help="vacuum spectra (pure ZLP) on the same energy axis: references for dE1/dE2 and training "
                         "data for the ensemble (default: none, the samples alone)")
