@@ -86,13 +86,14 @@ def spectra_inputs(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy
                    vacuum=None, # vacuum (reference) spectra: array, signal, or None; from a `WS2Data` when not given
                    energy=None, # energy axis (eV) for arrays
                    names=None, # one name per sample spectrum
+                   vacuum_names=None, # one name per vacuum spectrum; None: from a `WS2Data`, else vacuum_0, vacuum_1, ...
                   )->dict: # samples (n, n_E), vacuum (m, n_E) or None, energy, names, vacuum_names
     "Validated inputs of `analyse_spectra`: float64 stacks on one energy axis, names."
-    vac_names = None
+    vac_names = None if vacuum_names is None else [str(n) for n in vacuum_names]
     if hasattr(samples, "sample_counts") and hasattr(samples, "energy"):   # a WS2Data (or alike)
         ws = samples
         if vacuum is None and getattr(ws, "vacuum_counts", None) is not None:
-            vacuum, vac_names = ws.vacuum_counts, list(getattr(ws, "vacuum_names", []) or []) or None
+            vacuum, vac_names = ws.vacuum_counts, vac_names or list(getattr(ws, "vacuum_names", []) or []) or None
         if names is None: names = list(getattr(ws, "sample_names", []) or []) or None
         samples, energy = ws.sample_counts, ws.energy
     s, e, _ = _as_stack(samples, energy, "samples")
@@ -103,13 +104,26 @@ def spectra_inputs(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy
     if vacuum is not None:
         v, ev, _ = _as_stack(vacuum, e if not _is_signal(vacuum) else None, "vacuum")
         _same_axis(e, ev, "vacuum")
+        if vacuum_names is not None and len(vac_names) != len(v):
+            raise ValueError(f"vacuum_names: {len(vac_names)} names for {len(v)} vacuum spectra; give one per spectrum.")
     d = dict(samples=s, vacuum=v, energy=e, names=_names(names, len(s)),
              vacuum_names=vac_names if v is not None and vac_names and len(vac_names) == len(v)
              else (None if v is None else [f"vacuum_{i}" for i in range(len(v))]))
     from eelsnb.quality import check_not_saturated   # a clipped ZLP would teach the ensemble a wrong shape
     check_not_saturated(s, "samples", d["names"])
     if v is not None: check_not_saturated(v, "vacuum", d["vacuum_names"])
+    _check_distinct(s if v is None else np.concatenate([s, v]), d["names"] + (d["vacuum_names"] or []))
     return d
+
+def _check_distinct(x, names):
+    "ValueError where two spectra are equal in every channel: one measurement given twice would pass for two and narrow the spread."
+    _, first, inverse = np.unique(np.ascontiguousarray(x), axis=0, return_index=True, return_inverse=True)
+    inverse = np.ravel(inverse)
+    dup = [(names[first[k]], names[i]) for i, k in enumerate(inverse) if first[k] != i]
+    if dup:
+        raise ValueError(f"spectra: {len(dup)} equal in every channel to another ({', '.join(f'{a} = {b}' for a, b in dup[:3])}"
+                         f"{', ...' if len(dup) > 3 else ''}): the same measurement given twice would count as two and narrow "
+                         "the spread; give each spectrum once.")
 
 # %% ../nbs/09_analysis.ipynb #95e11257
 def zlp_fwhm(counts, # aligned spectra (n, n_E) with the ZLP at 0 eV
@@ -610,6 +624,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     vacuum=None, # vacuum reference spectra (m, n_E): array or signal; None: samples only
                     energy=None, # energy axis (eV) for arrays
                     names=None, # one name per sample spectrum
+                    vacuum_names=None, # one name per vacuum spectrum (e.g. file names); None: vacuum_0, vacuum_1, ... (a `WS2Data`'s own)
                     n_replicas:int=100, # Monte Carlo replicas (one network each)
                     max_epochs:int=1000, # full-batch training steps
                     seed:int=0, # seed of replicas, weights and window jitter
@@ -639,7 +654,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if onset_model not in ONSET_MODELS: raise ValueError(f"onset_model: expected one of {tuple(ONSET_MODELS)}, got {onset_model!r}.")
     if onset_model == "excitons" and exponent is not None:
         raise ValueError("exponent: a fixed exponent applies to the power law only; use onset_model='power' with it.")
-    inp = spectra_inputs(samples, vacuum, energy, names)
+    inp = spectra_inputs(samples, vacuum, energy, names, vacuum_names)
     S, V, e = inp["samples"], inp["vacuum"], inp["energy"]
     n, m = len(S), 0 if V is None else len(V)
     use_v = V is not None and train_on == "both"   # the vacuum spectra trained on (their tails), the rest held out

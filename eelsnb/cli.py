@@ -539,9 +539,9 @@ def run_spectra(args, log:Progress|None=None)->Path:
     out = check_out_dir(args.out, args.overwrite)
     log(f"loading {len(args.sample)} sample and {len(args.vacuum)} vacuum file(s)")
     samples, energy, names = load_spectra(args.sample, args.energy_range, "--sample", log.note)
-    vacuum = None
+    vacuum = vac_names = None
     if args.vacuum:
-        vacuum, _, _ = load_spectra(args.vacuum, args.energy_range, "--vacuum", log.note, energy=energy)
+        vacuum, _, vac_names = load_spectra(args.vacuum, args.energy_range, "--vacuum", log.note, energy=energy)
     log(f"{len(samples)} sample and {0 if vacuum is None else len(vacuum)} vacuum spectra, {_axis_text(energy)}")
     def per_sample(v, name):   # None, one value for all samples, or one per sample
         if v is None: return None
@@ -566,7 +566,7 @@ def run_spectra(args, log:Progress|None=None)->Path:
     from eelsnb.analysis import analyse_spectra
     log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
-        res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, n_replicas=args.replicas,
+        res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, vacuum_names=vac_names, n_replicas=args.replicas,
                               max_epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
                               progress=not args.quiet, onset_model=onset_model, calibrate=calibrate, vacuum_dE1=vacuum_dE1,
@@ -670,11 +670,11 @@ def main(argv:list|None=None, # arguments without the program name; None: sys.ar
     except SystemExit as e: return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     args.command_line = "eelsnb " + shlex.join(argv)
     log = Progress(args.quiet)
+    fmt = warnings.formatwarning
     try:
-        with warnings.catch_warnings():
-            if not args.debug:   # a warning is one line on stderr, without the source line Python would echo under it
-                warnings.showwarning = lambda m, c, f, l, file=None, line=None: print(f"eelsnb: warning: {one_line(m)}", file=sys.stderr, flush=True)
-            args.run(args, log)
+        if not args.debug:   # a printed warning is one line, without the source line Python would echo under it (recorded ones are untouched)
+            warnings.formatwarning = lambda m, c, f, l, line=None: f"eelsnb: warning: {one_line(m)}\n"
+        args.run(args, log)
     except KeyboardInterrupt:
         print("eelsnb: interrupted; --out was left as it was.", file=sys.stderr)
         return 130
@@ -691,6 +691,7 @@ def main(argv:list|None=None, # arguments without the program name; None: sys.ar
         print(f"eelsnb: internal error: {type(err).__name__}: {one_line(err)} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr, flush=True)
         return 1
+    finally: warnings.formatwarning = fmt
     return 0
 
 if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())  # `python -m eelsnb.cli`

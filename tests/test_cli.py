@@ -560,3 +560,12 @@ def test_ctrl_c_during_training_exits_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, (seen + err)[-2000:])
     assert "eelsnb: interrupted; --out was left as it was." in err and not out.exists()
+
+
+def test_a_file_given_twice_is_refused(capsys, tmp_path):
+    "The same vacuum file twice (or a sample also given as vacuum) would count one measurement as two: refused before training."
+    out = tmp_path / "o"
+    rc, _, err = run(capsys, ["spectra", "--vacuum", WS2 / "vacuum_17.txt", WS2 / "sample_14.txt", "--sample", WS2 / "sample_14.txt",
+                              *ERANGE, "--replicas", "4", "--epochs", "50", "--out", out])
+    assert_one_line_error(rc, err, "equal in every channel to another (sample_14.txt = sample_14.txt)", "give each spectrum once")
+    assert "Epoch" not in err and not out.exists()
