@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from .io import as_arrays, check_energy, check_counts
+from .io import as_arrays, check_energy, check_counts, check_low_loss_step
 from .preprocess import align_zlp, find_dE1_dE2, zlp_window_counts, noise_level, Window
 from .replicas import training_set_from_spectra
 from .ensemble import ZLPEnsemble
@@ -97,6 +97,7 @@ def spectra_inputs(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy
         if names is None: names = list(getattr(ws, "sample_names", []) or []) or None
         samples, energy = ws.sample_counts, ws.energy
     s, e, _ = _as_stack(samples, energy, "samples")
+    check_low_loss_step(e)
     if e[0] > -0.2 or e[-1] < 2.0:
         raise ValueError(f"energy: the axis ({e[0]:.4g}..{e[-1]:.4g} eV) must hold the ZLP (from below -0.2 eV) and the "
                          "loss side beyond 2 eV.")

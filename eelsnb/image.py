@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import check_energy, check_counts
+from .io import check_energy, check_counts, check_low_loss_step
 from .bandgap import Summary, summarize, fit_band_gap
 from .physics import (t_over_lambda, t_over_lambda_caution, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
                             _bin_noise, WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH, PLASMON_REFINE)
@@ -621,6 +621,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
     t0 = time.perf_counter()
     vacuum_below = check_vacuum_below(vacuum_below)
     flat, shape, e, nav_axes, title = _si_source(si, energy)
+    check_low_loss_step(e)
     # the peak windows on this axis, and the channels the analysis reads (checked), before any work
     exciton_windows, plasmon_window = peak_windows_on(e, exciton_windows, plasmon_window)
     pk = dict(peak_kw or {})

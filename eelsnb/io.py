@@ -21,8 +21,9 @@ except ImportError:  # pragma: no cover - exspy is a requirement, but keep io us
     EELSSpectrum = None
 
 # %% auto #0
-__all__ = ['TEXT_SUFFIXES', 'energy_axis', 'check_energy', 'check_counts', 'to_signal', 'signal_energy', 'as_arrays',
-           'MissingEnergyAxis', 'load_text', 'load', 'save', 'data_dir', 'manifest', 'WS2Data', 'load_ws2']
+__all__ = ['LOW_LOSS_MAX_STEP', 'TEXT_SUFFIXES', 'energy_axis', 'check_energy', 'check_low_loss_step', 'check_counts',
+           'to_signal', 'signal_energy', 'as_arrays', 'MissingEnergyAxis', 'load_text', 'load', 'save', 'data_dir',
+           'manifest', 'WS2Data', 'load_ws2']
 
 # %% ../nbs/00_io.ipynb #40848ae1
 def energy_axis(e_min:float, # low edge of the first channel (eV)
@@ -62,6 +63,19 @@ def check_energy(energy, # energy axis (eV)
     return e
 
 # %% ../nbs/00_io.ipynb #d72a1395
+# Channels of a low-loss EELS axis are meV to ~0.1 eV wide; wider than this, the units are almost surely wrong
+LOW_LOSS_MAX_STEP = 0.5
+
+def check_low_loss_step(energy, # a checked energy axis (eV)
+                        name:str="energy", # for the message
+                       )->None:
+    "ValueError where the channels are wider than `LOW_LOSS_MAX_STEP` eV: meV (or keV) values labelled as eV."
+    step = float(energy[1] - energy[0])
+    if step > LOW_LOSS_MAX_STEP:
+        raise ValueError(f"{name}: channels {step:.4g} eV wide, from {float(energy[0]):.4g} to {float(energy[-1]):.4g} eV; a "
+                         "low-loss EELS axis has channels of a few meV to about 0.1 eV: are the values in meV (or the "
+                         "scale in keV) but labelled eV? Give the axis in eV.")
+
 def _where(mask)->str:
     "' (at 3, 7, ...)': the first positions of a spectra mask (indices; (y, x) in a spectral image); '' for a single spectrum."
     if np.ndim(mask) == 0: return ""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import check_energy
+from .io import check_energy, check_low_loss_step
 from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, _own_temporary, OUTPUT_ENTRIES
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
@@ -170,6 +170,7 @@ def open_si(si, # path of a .zspy/.hspy/... file, a (lazy) hyperspy signal, a da
     if data.shape[-1] != len(e):
         raise ValueError(f"si: the last axis has {data.shape[-1]} channels but the energy axis has {len(e)}; energy must be the last axis.")
     if data.shape[-1] < 16: raise ValueError(f"si: {data.shape[-1]} channels is too few for an EELS spectrum (need >= 16).")
+    check_low_loss_step(np.asarray(e, float))
     out = LazySI(data, np.asarray(e, float), nav, title, source or _array_record(data))
     try:
         out.rows(0, 1); out.rows(data.shape[0] - 1, data.shape[0])   # probe: an unreadable chunk fails now, not in pass 2

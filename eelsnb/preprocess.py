@@ -427,6 +427,9 @@ def find_dE1_dE2(sample_counts, # sample spectra (..., n_E) or a signal
     shape = c.shape[:-1]
     for nm, v, lo_ in (("tolerance", tolerance, 0), ("backoff", backoff, -1e-12), ("n_sigma", n_sigma, 0)):
         if not np.isfinite(v) or v <= lo_: raise ValueError(f"{nm}: must be a positive number, got {v!r}.")
+    for nm, v in (("dE1", dE1), ("dE2", dE2)):   # an override must lie on the axis (checked before any estimate)
+        if v is not None and np.any(_check_override(nm, v, shape) >= e[-1]):
+            raise ValueError(f"{nm}: {v} eV lies at or beyond the end of the energy axis ({e[-1]:.4g} eV); give a value inside it.")
     if dE1 is not None and dE2 is not None:
         d1, d2 = _check_override("dE1", dE1, shape), _check_override("dE2", dE2, shape)
         if np.any(d1 >= d2): raise ValueError(f"dE1: must be below dE2, got dE1={dE1}, dE2={dE2} (eV).")
