@@ -223,6 +223,27 @@ def load_text(path, # plain-text file: one row of counts per spectrum, one count
     s.metadata.set_item("General.original_filename", path.name)
     return s
 
+def _check_msa_x(path:Path, energy:np.ndarray):
+    "An EMSA file of DATATYPE XY: its X column must agree with the axis its header gives (#OFFSET, #XPERCHAN), which the reader uses."
+    lines = path.read_text(errors="replace").splitlines()
+    head = {l[1:].split(":", 1)[0].strip().upper(): l.split(":", 1)[1].strip() for l in lines if l.startswith("#") and ":" in l}
+    if head.get("DATATYPE", "").upper() != "XY": return
+    x = []
+    for l in lines:
+        if l.startswith("#") or not l.strip(): continue
+        try: x.append(float(l.replace(",", " ").split()[0]))
+        except ValueError: return   # not plain numbers: the reader has already judged the file
+    if len(x) != len(energy): return
+    x = np.asarray(x) * {"mev": 1e-3, "kev": 1e3}.get(head.get("XUNITS", "eV").strip().lower(), 1.0)
+    step = float(energy[1] - energy[0])
+    bad = np.abs(x - energy) > 0.5 * step
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{path.name}: its energy column disagrees with its header (#OFFSET, #XPERCHAN), which gives the axis "
+                         f"{float(energy[0]):.4g}..{float(energy[-1]):.4g} eV: line {i + 1} of the data holds {x[i]:.6g} eV where "
+                         f"the header puts {float(energy[i]):.6g} eV ({int(bad.sum())} of {len(x)} rows differ). Fix the header or "
+                         "the column (they must describe one evenly spaced, rising axis).")
+
 def load(path, # file to read (.dm3, .dm4, .msa, .hspy, .zspy, ... or plain text)
          energy_range:tuple|None=None, # (e_min, e_max) in eV, required for plain text
          lazy:bool=False, # keep the data on disk (dask) instead of reading it all
@@ -248,9 +269,10 @@ def load(path, # file to read (.dm3, .dm4, .msa, .hspy, .zspy, ... or plain text
         raise ValueError(f"{path.name}: holds a {len(s.axes_manager.signal_axes)}-D image, not spectra.")
     if s.metadata.Signal.get_item("signal_type", "") != "EELS":
         s.set_signal_type("EELS")
-    try: signal_energy(s)  # validates the axis now
+    try: e = signal_energy(s)  # validates the axis now
     except ValueError as err:
         raise ValueError(f"{path.name}: {err} Is it an EELS spectrum with its energy axis in eV?") from None
+    if path.suffix.lower() == ".msa": _check_msa_x(path, e)
     if not lazy: check_counts(s.data, name=path.name)
     return s
 
