@@ -650,6 +650,8 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed: expected a non-negative int, got {seed!r}.")
     if train_on not in ("both", "samples"): raise ValueError(f"train_on: expected 'both' or 'samples', got {train_on!r}.")
+    if ensemble is None and (isinstance(n_replicas, bool) or not isinstance(n_replicas, (int, np.integer)) or n_replicas < 2):
+        raise ValueError(f"n_replicas: the 68% intervals are the spread over replicas and need at least 2 (100 are the default), got {n_replicas!r}.")
     if not (isinstance(calibrate, (bool, np.bool_)) or calibrate == "auto"):
         raise ValueError(f"calibrate: expected True, False or 'auto', got {calibrate!r}.")
     if onset_model not in ONSET_MODELS: raise ValueError(f"onset_model: expected one of {tuple(ONSET_MODELS)}, got {onset_model!r}.")

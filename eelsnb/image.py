@@ -631,7 +631,7 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                          f"({shape}); for spectra use eelsnb.analysis.analyse_spectra.")
     n_clusters, seed = _positive("n_clusters", n_clusters), int(seed)
     if ensemble is not None: check_energy_for(ensemble, e)   # trained, and on this energy axis: fail before the work
-    else: n_replicas, max_epochs = _positive("n_replicas", n_replicas), _positive("max_epochs", max_epochs)
+    else: n_replicas, max_epochs = _positive("n_replicas", n_replicas, 2), _positive("max_epochs", max_epochs)   # an interval needs >= 2
     data = flat.compute() if hasattr(flat, "compute") else flat
     counts = check_counts(np.asarray(data).reshape(shape + (len(e),)), e, name="si")   # clustering and training need it all
     from eelsnb.quality import check_not_saturated

@@ -566,7 +566,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
         ens_given = ZLPEnsemble.load(model_dir); check_energy_for(ens_given, e)
         R = ens_given.n_replicas
     else:
-        R = _positive("n_replicas", n_replicas); _positive("max_epochs", max_epochs)
+        R = _positive("n_replicas", n_replicas, 2); _positive("max_epochs", max_epochs)   # an interval needs >= 2
     rows = _positive("rows", rows) if rows is not None else max(1, min(ny, round(4096 / nx)))
     warn_chunking(src, rows)
     if chunk_pixels is None: chunk_pixels = max(1, int(max_memory // (2.75 * 4 * R * nE)))
