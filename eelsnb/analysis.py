@@ -21,7 +21,7 @@ from .onset import fit_onset_excitons
 from .physics import t_over_lambda, t_over_lambda_caution, excitons as find_excitons, plasmon as find_plasmon, WS2_EXCITON_WINDOWS
 
 # %% auto #0
-__all__ = ['SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'CALIBRATION_MIN_ONSET',
+__all__ = ['NO_ZLP_RATIO', 'SIGMAS', 'RESULTS_FILE', 'MODEL_DIR', 'SPECTRA_DIR', 'CALIBRATION_MAX_FWHM', 'CALIBRATION_MIN_ONSET',
            'EXPONENT_MAX_FWHM', 'CAUTION_KEYS', 'ONSET_MODELS', 'spectra_inputs', 'zlp_fwhm', 'relative_spread',
            'spectra_sigma', 'vacuum_window', 'band_gap_windows', 'fit_band_gaps', 'onset_fraction', 'exponent_caution',
            'settings_cautions', 'SpectraResults', 'analyse_spectra']
@@ -110,11 +110,21 @@ def spectra_inputs(samples, # sample spectra: array (n, n_E) or (n_E,), hyperspy
     d = dict(samples=s, vacuum=v, energy=e, names=_names(names, len(s)),
              vacuum_names=vac_names if v is not None and vac_names and len(vac_names) == len(v)
              else (None if v is None else [f"vacuum_{i}" for i in range(len(v))]))
+    for what, x, nm in (("samples", s, d["names"]), ("vacuum", v, d["vacuum_names"])):
+        if x is None: continue
+        flat = x.max(-1) < NO_ZLP_RATIO * np.median(x, -1)
+        if flat.any():
+            raise ValueError(f"{what}: no zero-loss peak in {', '.join(np.asarray(nm)[flat][:3])}{', ...' if flat.sum() > 3 else ''}: "
+                             f"the maximum is less than {NO_ZLP_RATIO:g}x the median count (a low-loss spectrum's ZLP stands "
+                             "11x above it even at t/lambda 3, 700x and more on the bundled WS2). Is it a low-loss spectrum?")
     from eelsnb.quality import check_not_saturated   # a clipped ZLP would teach the ensemble a wrong shape
     check_not_saturated(s, "samples", d["names"])
     if v is not None: check_not_saturated(v, "vacuum", d["vacuum_names"])
     _check_distinct(s if v is None else np.concatenate([s, v]), d["names"] + (d["vacuum_names"] or []))
     return d
+
+# a spectrum whose maximum is below this multiple of its median count holds no ZLP (flat, or not a low-loss spectrum)
+NO_ZLP_RATIO = 3.0
 
 def _check_distinct(x, names):
     "ValueError where two spectra are equal in every channel: one measurement given twice would pass for two and narrow the spread."

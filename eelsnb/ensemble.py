@@ -475,6 +475,18 @@ def _quiet():
     finally:
         for l, v in zip(lg, levels): l.setLevel(v)
 
+@contextmanager
+def _rng_kept():
+    """Keep the caller's global random generators (Python, numpy, torch) and PL_GLOBAL_SEED as they were: Lightning's
+    `seed_everything` resets them, and eelsnb draws from its own seeded generators, never from these."""
+    import random
+    st, env = (random.getstate(), np.random.get_state(), torch.get_rng_state()), os.environ.get("PL_GLOBAL_SEED")
+    try: yield
+    finally:
+        random.setstate(st[0]); np.random.set_state(st[1]); torch.set_rng_state(st[2])
+        if env is None: os.environ.pop("PL_GLOBAL_SEED", None)
+        else: os.environ["PL_GLOBAL_SEED"] = env
+
 def make_trainer(epochs:int, # optimizer steps
                  progress_bar:bool=True, # Lightning's progress bar
                  accelerator:str="auto", # 'auto' (CUDA when present), 'cpu', 'gpu'
@@ -640,7 +652,7 @@ class ZLPEnsemble:
         "Train one network per replica of a `TrainingSet`, all at once; keep each replica's best-validation weights."
         ts = check_training_set(training_set)
         s = self.settings
-        with _quiet():
+        with _quiet(), _rng_kept():
             L.seed_everything(s["seed"], verbose=False)
             dtype = torch.float64 if str(s["precision"]).startswith("64") else torch.float32
             dm = ReplicaDataModule(ts, epochs=s["max_epochs"], dtype=dtype, out_range=tuple(s["out_range"]), min_width=s["min_width"])
@@ -884,7 +896,7 @@ def _save(self,
     try:
         os.chmod(tmp, 0o755) # mkdtemp makes it private; a model directory is an ordinary one
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "card": CARD_FILE})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})   # one key: safetensors writes several in a random order, and the same weights would give other bytes
         _fsync(tmp / WEIGHTS_FILE)
         card = _card(self)
         card["weights_sha256"] = _sha256(tmp / WEIGHTS_FILE)

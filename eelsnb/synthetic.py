@@ -263,7 +263,14 @@ class SyntheticSpectra:
                 for i, c in enumerate(self.counts)]
 
 # %% ../nbs/01_synthetic.ipynb #80b22ccb
-def _rng(seed): return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+def _rng(seed):
+    "A numpy Generator from an int seed, a sequence of ints or a Generator; None is refused: it would draw differently on every call."
+    if isinstance(seed, (np.random.Generator, np.random.SeedSequence)): return np.random.default_rng(seed)
+    ok = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    if not (ok(seed) or (isinstance(seed, (list, tuple)) and seed and all(map(ok, seed)))):
+        raise TypeError(f"seed: expected an int, a sequence of ints or a numpy Generator, got {seed!r}; every draw goes "
+                        "through a seed you can set.")
+    return np.random.default_rng(seed)
 
 def _per_spectrum(name, v, n, lo=None, strict=False):
     "Broadcast a scalar or (n,) argument to (n,), validated."
