@@ -50,7 +50,8 @@ def _add_training(p, replicas:int=100, epochs:int=1000):
                         "(default: %(default)s)")
     g.add_argument("--seed", type=_whole(0, "seed"), default=0, metavar="S",
                    help="seed of the replicas, the initial weights and the fit windows; the same seed and "
-                        "inputs give the same results (default: %(default)s)")
+                        "inputs give the same results (an SI: within the same pipeline, in memory or large; see the README) "
+                        "(default: %(default)s)")
 
 ONSET_HELP = {"power": "a power law blurred by the ZLP",
               "excitons": "the power law plus the A/B exciton peaks on it, blurred by the ZLP; the power law is kept beside it"}
