@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import check_energy, check_low_loss_step
-from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, _own_temporary, OUTPUT_ENTRIES
+from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, check_replaceable
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
 from .bandgap import Summary, summarize
 from .physics import WS2_EXCITON_WINDOWS
@@ -603,8 +603,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
                 except ValueError as err:
                     raise ValueError(f"{err} This run's chunks are complete: delete {out / RESULTS_FILE} and rerun the same "
                                      "command, which writes the maps and results again without recomputing them.") from None
-        elif [p for p in out.iterdir() if p.name != ".eelsnb.lock"]:      # another run, or other eelsnb results
-            if old is None and foreign_entries(out): _refuse_foreign(out)
+        elif [p for p in out.iterdir() if p.name != ".eelsnb.lock"]:      # another run, or other eelsnb results (a user's files were refused above)
             if not overwrite:
                 raise ValueError(f"out_dir: {out} holds " + (f"a run with other inputs or settings (fingerprint {old.get('fingerprint')} != {fp})"
                                                              if old is not None else "eelsnb results of another kind of run")
@@ -750,18 +749,13 @@ def _refuse_foreign(out:Path):
 
 def _check_clearable(out:Path):
     "Raise ValueError where `out` holds anything besides an eelsnb run's own entries (overwriting would delete it)."
-    extra = foreign_entries(out)
-    if extra:
-        raise ValueError(f"out_dir: {out} holds {len(extra)} entr{'y' if len(extra) == 1 else 'ies'} besides an eelsnb run "
-                         f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}) that overwrite would delete; move them "
-                         "elsewhere or choose another directory.")
+    check_replaceable(out, None, what="an eelsnb run", option="overwrite")
 
 def _clear(out:Path):
-    "Remove an earlier run's files from `out`: eelsnb's own entries only; refused (ValueError) where `out` holds anything else."
+    "Remove an earlier run's files from `out` (then eelsnb's own entries only); refused (ValueError) where it holds anything else."
     _check_clearable(out)
     for p in out.iterdir():
-        if p.name == ".eelsnb.lock" or not (p.name in OUTPUT_ENTRIES or _own_temporary(p.name)): continue
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if p.name != ".eelsnb.lock": shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 # %% ../nbs/14_large.ipynb #72b765c8
 def wants_large(si, # path, signal or array (as `open_si`)

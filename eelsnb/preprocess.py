@@ -427,11 +427,11 @@ def find_dE1_dE2(sample_counts, # sample spectra (..., n_E) or a signal
     shape = c.shape[:-1]
     for nm, v, lo_ in (("tolerance", tolerance, 0), ("backoff", backoff, -1e-12), ("n_sigma", n_sigma, 0)):
         if not np.isfinite(v) or v <= lo_: raise ValueError(f"{nm}: must be a positive number, got {v!r}.")
-    for nm, v in (("dE1", dE1), ("dE2", dE2)):   # an override must lie on the axis (checked before any estimate)
-        if v is not None and np.any(_check_override(nm, v, shape) >= e[-1]):
+    d1, d2 = (None if v is None else _check_override(nm, v, shape) for nm, v in (("dE1", dE1), ("dE2", dE2)))   # the overrides, once
+    for nm, v, a in (("dE1", dE1, d1), ("dE2", dE2, d2)):   # an override must lie on the axis (checked before any estimate)
+        if a is not None and np.any(a >= e[-1]):
             raise ValueError(f"{nm}: {v} eV lies at or beyond the end of the energy axis ({e[-1]:.4g} eV); give a value inside it.")
-    if dE1 is not None and dE2 is not None:
-        d1, d2 = _check_override("dE1", dE1, shape), _check_override("dE2", dE2, shape)
+    if d1 is not None and d2 is not None:
         if np.any(d1 >= d2): raise ValueError(f"dE1: must be below dE2, got dE1={dE1}, dE2={dE2} (eV).")
         if np.ndim(dE1) == 0 and np.ndim(dE2) == 0: return Window(float(dE1), float(dE2), "dE1: user, dE2: user")
         return Window(d1.copy(), d2.copy(), "dE1: user, dE2: user")
@@ -481,10 +481,10 @@ def find_dE1_dE2(sample_counts, # sample spectra (..., n_E) or a signal
                          f"(and dE2) yourself, e.g. dE1 = the sink energy - {backoff:g} x FWHM ({fw:.3g} eV), one value per spectrum.")
     e_dep = e[np.maximum(i_dep, 0)]
     f1 = np.maximum(e_dep - backoff * fw, fw)
-    if dE1 is not None: f1 = _check_override("dE1", dE1, shape).reshape(-1).copy()
+    if d1 is not None: f1 = d1.reshape(-1).copy()
     i1 = np.searchsorted(e, f1)
     i2 = _first_run(sunk, np.maximum(i_dep, i1), 2 * run)
-    if dE2 is not None: f2 = _check_override("dE2", dE2, shape).reshape(-1).copy()
+    if d2 is not None: f2 = d2.reshape(-1).copy()
     else:
         if np.any(i2 < 0):
             raise ValueError(f"sample_counts: the ZLP does not reach the noise level (n_sigma={n_sigma}) before the end "

@@ -78,7 +78,7 @@ def foreign_entries(path, # a directory
     return sorted(q.name for q in p.iterdir() if q.name not in allowed and not _own_temporary(q.name))
 
 def check_replaceable(path, # an existing directory about to be replaced or cleared
-                      marker:str, # the file eelsnb writes there ('results.json', 'model.json')
+                      marker:str|None, # the file eelsnb writes there ('results.json', 'model.json'); None: not required
                       allowed=OUTPUT_ENTRIES, # every name eelsnb writes there
                       what:str="eelsnb results", # what the directory should hold, for the message
                       option:str="overwrite=True", # how the user asked to replace it, for the message
@@ -87,7 +87,7 @@ def check_replaceable(path, # an existing directory about to be replaced or clea
     eelsnb's own results, never a directory of other files nor the files a user put beside them."""
     p = Path(path)
     if not p.is_dir() or not any(p.iterdir()): return
-    if not (p / marker).exists():
+    if marker is not None and not (p / marker).exists():
         raise ValueError(f"{p}: holds files that are not {what} (no {marker}); it is not replaced even with {option}; "
                          "choose another directory.")
     extra = foreign_entries(p, allowed)
