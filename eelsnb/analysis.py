@@ -582,7 +582,6 @@ class SpectraResults:
         out_dir = Path(out_dir)
         written = []
         with atomic_dir(out_dir, overwrite=overwrite, marker=RESULTS_FILE) as tmp:
-            os.chmod(tmp, 0o755)   # the temporary directory is private; a results directory is an ordinary one
             self.ensemble.save(tmp / MODEL_DIR)
             for k in ("inelastic", "zlp"):
                 for w, s in self.subtraction.signals(k).items():

@@ -329,26 +329,13 @@ def check_out_dir(out, # the --out directory
 def atomic_dir(out, # the directory to (re)place
                overwrite:bool=False, # allow replacing earlier eelsnb results
               ):
-    "Yield a staging path beside `out` (not yet created); on success move it to `out` in one rename."
+    "Yield an empty staging directory beside `out`; on success it replaces `out` in one rename (`eelsnb.store.atomic_dir`)."
+    from eelsnb.store import atomic_dir as _atomic
     out = Path(out).absolute()
-    check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        stage = tmp / out.name
+    check_out_dir(out, overwrite)   # the --out messages and the writable parent; the store checks again before the swap
+    with _atomic(out, overwrite, RESULTS_FILE, option="--overwrite") as stage:
         yield stage
-        if not stage.is_dir(): raise ValueError(f"--out {out}: nothing was written.")
-        check_out_dir(out, overwrite)
-        old = None
-        if out.exists():
-            old = tmp / ".previous"
-            os.rename(out, old)
-        try: os.rename(stage, out)
-        except BaseException:
-            if old is not None: os.rename(old, out)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(stage.iterdir()): raise ValueError(f"--out {out}: nothing was written.")
 
 # %% ../nbs/13_cli.ipynb #fd8bb142
 def versions()->dict:

@@ -884,17 +884,9 @@ def _save(self,
          )->Path: # the directory written
     "Write the model directory atomically (weights in safetensors + JSON card with checksum)."
     self._check_fitted()
+    from eelsnb.store import atomic_dir
     path = Path(path)
-    if path.exists() and not path.is_dir(): raise ValueError(f"{path}: exists and is not a directory; choose another path.")
-    if path.exists() and not overwrite: raise ValueError(f"{path}: exists; pass overwrite=True to replace it.")
-    if path.exists():   # overwrite: an eelsnb model directory only, never one that holds anything else
-        from eelsnb.store import check_replaceable
-        check_replaceable(path, CARD_FILE, {CARD_FILE, WEIGHTS_FILE}, "an eelsnb model")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = None
-    try:
-        os.chmod(tmp, 0o755) # mkdtemp makes it private; a model directory is an ordinary one
+    with atomic_dir(path, overwrite, CARD_FILE, {CARD_FILE, WEIGHTS_FILE}, "an eelsnb model") as tmp:   # never a directory holding anything else
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})   # one key: safetensors writes several in a random order, and the same weights would give other bytes
         _fsync(tmp / WEIGHTS_FILE)
@@ -903,21 +895,6 @@ def _save(self,
         with open(tmp / CARD_FILE, "w") as f:
             json.dump(card, f, indent=1, allow_nan=False)
             f.flush(); os.fsync(f.fileno())
-        _fsync(tmp, directory=True)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            try: os.replace(tmp, path)
-            except BaseException:
-                os.replace(old / path.name, path)
-                raise
-        else: os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not (old / path.name).exists(): shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
     return path
 
 ZLPEnsemble.save = _save

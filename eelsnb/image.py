@@ -485,17 +485,9 @@ def _save(self, out_dir, # directory to write (created; must not hold results un
           overwrite:bool=False, # replace an existing results directory
          )->list: # the files written
     "Write maps (.hspy), results.json and model/ into `out_dir` atomically (temporary directory, then rename)."
+    from eelsnb.store import atomic_dir
     out = Path(out_dir)
-    if out.exists() and not out.is_dir(): raise ValueError(f"{out}: exists and is not a directory; choose another out_dir.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out}: exists and is not empty; pass overwrite=True to replace it.")
-    from eelsnb.store import check_replaceable
-    if overwrite: check_replaceable(out, RESULTS_FILE)   # eelsnb's results only, never a user's files beside them
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = None
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_dir(out, overwrite, RESULTS_FILE) as tmp:   # with overwrite: eelsnb's results only, never a user's files beside them
         (tmp / MAPS_DIR).mkdir()
         for n, s in self.maps.items():
             _write(_stack_signal([s.median, s.low, s.high, s.n_valid], n, "median, 16%, 84%, n_valid", self.nav_axes), tmp / MAPS_DIR / f"{n}.hspy")
@@ -508,18 +500,6 @@ def _save(self, out_dir, # directory to write (created; must not hold results un
         d["nav_axes"] = self.nav_axes
         with open(tmp / RESULTS_FILE, "w") as f:
             json.dump(d, f, indent=1, allow_nan=False); f.flush(); os.fsync(f.fileno())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            try: os.replace(tmp, out)
-            except BaseException:
-                os.replace(old / out.name, out); raise
-        else: os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not (old / out.name).exists(): shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 def read_results_json(rf:Path, # a results.json

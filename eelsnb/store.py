@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['OUTPUT_ENTRIES', 'atomic_write_bytes', 'atomic_write_json', 'foreign_entries', 'check_replaceable', 'atomic_dir',
-           'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
+__all__ = ['OUTPUT_ENTRIES', 'atomic_write_bytes', 'atomic_write_json', 'foreign_entries', 'check_replaceable', 'check_target',
+           'atomic_dir', 'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
 
 # %% ../nbs/00a_store.ipynb #6b20bc14
 def _fsync_dir(path:Path):
@@ -96,32 +96,63 @@ def check_replaceable(path, # an existing directory about to be replaced or clea
                          f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}) that {option} would delete; "
                          "move them elsewhere or choose another directory.")
 
+def check_target(path, # a directory about to be written or replaced
+                 overwrite:bool=False, # may an existing non-empty directory be replaced?
+                 marker:str|None=None, # with overwrite: replace only a directory holding this file and nothing but `allowed` (`check_replaceable`); None: any
+                 allowed=OUTPUT_ENTRIES, # every name eelsnb writes there
+                 what:str="eelsnb results", # what the directory holds, for the messages
+                 option:str="overwrite=True", # how the user asks to replace it, for the messages
+                )->Path:
+    "Raise ValueError if writing `path` would lose anything: it is a file, or a non-empty directory (without overwrite, or not eelsnb's)."
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise ValueError(f"{path}: exists and is not a directory; choose another path.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{path}: exists and is not empty; pass {option} to replace {what}, or choose another directory.")
+        if marker is not None: check_replaceable(path, marker, allowed, what, option)
+    return path
+
+def _replace_dir(tmp:Path, path:Path):
+    "Put the finished directory `tmp` at `path` by renames; an existing `path` moves aside first and comes back if the rename fails."
+    _fsync_dir(tmp)
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+    try: os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old / path.name, path); old.rmdir()
+        raise
+    _fsync_dir(path.parent)
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+
 def atomic_dir(path, # final directory
                overwrite:bool=False, # replace an existing non-empty directory
-               marker:str|None=None, # with overwrite: replace only a directory holding this file and nothing but OUTPUT_ENTRIES (`check_replaceable`); None: any
+               marker:str|None=None, # with overwrite: replace only a directory holding this file and nothing but `allowed` (`check_replaceable`); None: any
+               allowed=OUTPUT_ENTRIES, # every name eelsnb writes there
+               what:str="eelsnb results", # what the directory holds, for the messages
+               option:str="overwrite=True", # how the user asks to replace it, for the messages
               ):
-    "Context manager: build a directory under a temporary name beside `path`, rename it into place at the end."
+    """Context manager: yield a new empty directory beside `path` (an ordinary directory's mode, not `mkdtemp`'s private
+    0700); when the block ends without an error, `check_target` runs again (nothing put there meanwhile is lost) and the
+    directory replaces `path` by renames. On an error (or Ctrl-C) `path` is untouched and the temporary one is removed.
+    Every directory eelsnb writes whole (results, maps, models) goes through here."""
     path = Path(path)
     @contextlib.contextmanager
     def cm():
-        if path.exists() and not path.is_dir(): raise ValueError(f"{path}: exists and is not a directory; choose another output path.")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            raise ValueError(f"{path}: exists and is not empty; pass overwrite=True (--overwrite) or choose another output directory.")
-        if overwrite and marker is not None: check_replaceable(path, marker)
+        check_target(path, overwrite, marker, allowed, what, option)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
         try:
+            os.chmod(tmp, 0o777 & ~_umask())
             yield tmp
+            check_target(path, overwrite, marker, allowed, what, option)
+            _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True); raise
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
     return cm()
+
 
 # %% ../nbs/00a_store.ipynb #f43b9107
 class RunLockedError(RuntimeError):

@@ -168,7 +168,7 @@ class _Fake:
     def to_dict(self): return {"samples": [{"file": "s", "band_gap": {"median": 1.0, "low": 0.9, "high": 1.1}}]}
     def figures(self): return {}
     def save(self, d, overwrite=False):
-        Path(d).mkdir(); (Path(d) / "results.json").write_text(json.dumps(self.to_dict())); return [Path(d) / "results.json"]
+        Path(d).mkdir(exist_ok=True); (Path(d) / "results.json").write_text(json.dumps(self.to_dict())); return [Path(d) / "results.json"]
 
 
 @pytest.fixture
