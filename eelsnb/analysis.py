@@ -746,7 +746,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if cal is not None and cal.scale < 1 and fwhm > CALIBRATION_MAX_FWHM:
         why.append(f"at a ZLP FWHM of {fwhm:.2f} eV; on synthetic truth above {CALIBRATION_MAX_FWHM:g} eV (0.12-0.15 eV) the "
                    "vacuum's factor was 0.24-0.80x what the samples' true ZLPs asked for, and the calibrated 68% intervals "
-                   "covered 0.35-0.46 of the true gaps (the raw ones 0.75)")
+                   "covered 0.25-0.46 of the true gaps (the raw ones 0.67-0.83)")
     if cal is not None and cal.scale < 1 and weak:
         why.append(f"with onset fractions below {CALIBRATION_MIN_ONSET:g} ({', '.join(weak)}: very thin samples); on synthetic "
                    "truth at 0.08 eV with t/lambda 0.01-0.05 the calibrated 68% intervals covered 0.33 of 48 true gaps (the raw ones 0.75)")
