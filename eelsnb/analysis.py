@@ -664,11 +664,23 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if not (isinstance(calibrate, (bool, np.bool_)) or calibrate == "auto"):
         raise ValueError(f"calibrate: expected True, False or 'auto', got {calibrate!r}.")
     if onset_model not in ONSET_MODELS: raise ValueError(f"onset_model: expected one of {tuple(ONSET_MODELS)}, got {onset_model!r}.")
+    if ensemble is not None and not isinstance(calibrate, str) and bool(calibrate):   # it would do nothing: say so
+        raise ValueError("calibrate=True: the calibration is measured on vacuum held out of a training here; a given ensemble "
+                         "keeps the spread_calibration saved with it. Use calibrate='auto' or False with ensemble=, or train anew.")
+    if ensemble is not None and vacuum_dE1 is not None:
+        raise ValueError("vacuum_dE1: it ends the vacuum spectra's training window; a given ensemble is already trained. "
+                         "Leave it None with ensemble=, or train anew.")
     if onset_model == "excitons" and exponent is not None:
         raise ValueError("exponent: a fixed exponent applies to the power law only; use onset_model='power' with it.")
     inp = spectra_inputs(samples, vacuum, energy, names, vacuum_names)
     S, V, e = inp["samples"], inp["vacuum"], inp["energy"]
     n, m = len(S), 0 if V is None else len(V)
+    if ensemble is not None:   # trained, and on this energy axis: fail before any work or warning
+        if not getattr(ensemble, "is_fitted", False):
+            raise ValueError("ensemble: expected a trained ZLPEnsemble (fit it or ZLPEnsemble.load a saved one), "
+                             f"got {type(ensemble).__name__}{'' if not hasattr(ensemble, 'is_fitted') else ' (untrained)'}.")
+        from eelsnb.subtract import check_energy_for
+        check_energy_for(ensemble, e)
     use_v = V is not None and train_on == "both"   # the vacuum spectra trained on (their tails), the rest held out
     if vacuum_dE1 is not None and ensemble is None:
         if not use_v:
@@ -720,11 +732,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
             record_training_axis(ensemble, e)
         except ImportError: pass
         sec["train"] = time.perf_counter() - t1
-    else:
-        if not getattr(ensemble, "is_fitted", False):
-            raise ValueError("ensemble: expected a trained ZLPEnsemble (fit it or ZLPEnsemble.load a saved one), "
-                             f"got {type(ensemble).__name__}{'' if not hasattr(ensemble, 'is_fitted') else ' (untrained)'}.")
-        settings["sigma"] = "(given ensemble)"
+    else: settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
     weak = []
     if calibrate and "train" in sec:   # a weak onset (a very thin sample): calibrated intervals under-cover there

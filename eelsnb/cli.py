@@ -15,8 +15,8 @@ import eelsnb
 # %% auto #0
 __all__ = ['ONSET_HELP', 'WS2_EXCITONS', 'PLASMON_WINDOW', 'RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line',
            'quiet_loaders', 'load_spectra', 'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html',
-           'normal_modes', 'write_report', 'run_spectra', 'run_image', 'run_image_large', 'demo_files', 'run_demo',
-           'main']
+           'normal_modes', 'write_report', 'load_model', 'resolve_training', 'run_spectra', 'run_image',
+           'run_image_large', 'demo_files', 'run_demo', 'main']
 
 # %% ../nbs/13_cli.ipynb #221a8e8f
 def _whole(lo:int, what:str):
@@ -40,12 +40,27 @@ _finite.__name__ = "number"
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog): super().__init__(prog, max_help_position=30, width=100)
 
-def _add_training(p, replicas:int=100, epochs:int=1000):
+class _Given(argparse.Action):
+    "Store the value and note the option in `args.given` (a default cannot tell whether the user typed it)."
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", ())) | {option_string}
+
+def _add_training(p, replicas:int=100, epochs:int=1000, model:str|None=None):
+    "The ensemble options; `model`: the training options that --model makes moot (None: no --model)."
     g = p.add_argument_group("ensemble")
-    g.add_argument("--replicas", type=_whole(2, "replicas"), default=replicas, metavar="N",
+    if model:
+        g.add_argument("--model", type=Path, metavar="DIR",
+                       help="use the ZLP ensemble trained in an earlier run instead of training one: DIR is that run's "
+                            "--out (it holds model/) or a model directory (model.json, weights.safetensors). Train once, "
+                            "analyse many: the data must be on the model's energy axis and recorded as its training data "
+                            "were (beam energy, dispersion, exposure; where the model's ZLP core is off the measured one "
+                            f"by more than 1.5x the run stops). The model's replicas and spread calibration apply, so {model} "
+                            "do not; the model is copied into --out (default: train a new ensemble)")
+    g.add_argument("--replicas", type=_whole(2, "replicas"), default=replicas, metavar="N", action=_Given,
                    help="Monte Carlo replicas of the data = networks in the ensemble; the 68%% intervals are "
                         "percentiles over them (default: %(default)s)")
-    g.add_argument("--epochs", type=_whole(1, "epochs"), default=epochs, metavar="N",
+    g.add_argument("--epochs", type=_whole(1, "epochs"), default=epochs, metavar="N", action=_Given,
                    help="full-batch training steps of every network; each keeps its best-validation weights "
                         "(default: %(default)s)")
     g.add_argument("--seed", type=_whole(0, "seed"), default=0, metavar="S",
@@ -187,7 +202,7 @@ def build_parser()->argparse.ArgumentParser:
                    help="fix the onset exponent b in I ~ (E - E_bg)^b, e.g. 0.5 direct or 1.5 indirect "
                         "(default: fitted; power-law model only)")
     _add_onset_model(g, "power"); _add_calibration(g); _add_peaks(g)
-    _add_training(sp); _add_output(sp)
+    _add_training(sp, model="--replicas, --epochs, --calibrate and --vacuum-dE1"); _add_output(sp)
     sp.set_defaults(run=run_spectra)
 
     ip = sub.add_parser("image", formatter_class=_Formatter, allow_abbrev=False,
@@ -218,7 +233,7 @@ def build_parser()->argparse.ArgumentParser:
                         "work directory, and the same command resumes a killed run (default: none, in this process)")
     g.add_argument("--workers", type=_whole(1, "workers"), default=2, metavar="N",
                    help="worker processes of --scheduler local (default: %(default)s)")
-    _add_training(ip); _add_output(ip)
+    _add_training(ip, model="--replicas and --epochs"); _add_output(ip)
     ip.set_defaults(run=run_image)
 
     dp = sub.add_parser("demo", formatter_class=_Formatter, allow_abbrev=False,
@@ -521,10 +536,55 @@ def _finish(results, out:Path, args, info:dict, log:Progress, title:str)->Path:
     log(f"done: open {out / REPORT_FILE}")
     return out
 
+def load_model(path, # --model: a model directory, or a results directory holding model/
+              )->tuple: # (ZLPEnsemble, the model directory)
+    "The trained ensemble of `--model`, validated (`ZLPEnsemble.load`: card, checksum, shapes); one-line errors."
+    from eelsnb.ensemble import ZLPEnsemble, CARD_FILE
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"--model {p}: {'not a directory' if p.exists() else 'no such directory'}; give an earlier run's "
+                         "--out or a model directory.")
+    d = p if (p / CARD_FILE).exists() else p / "model"
+    if not (d / CARD_FILE).is_file():
+        raise ValueError(f"--model {p}: holds no eelsnb model (neither {CARD_FILE} nor model/{CARD_FILE}); give an earlier "
+                         "run's --out or a model directory.")
+    try: return ZLPEnsemble.load(d), d
+    except ValueError as err: raise ValueError(f"--model {err}") from None
+
+def resolve_training(args, log=None)->tuple:
+    """(ensemble, model directory) of `--model`, or (None, None) to train. With it, `--replicas`/`--epochs` must not be
+    given (the model fixes them) and take the model's values."""
+    if getattr(args, "model", None) is None: return None, None
+    given = [o for o in ("--replicas", "--epochs") if o in getattr(args, "given", ())]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: {'they set' if len(given) > 1 else 'it sets'} the training; with --model the "
+                         f"ensemble is already trained. Drop {' and '.join(given)}, or train anew without --model.")
+    ens, d = load_model(args.model)
+    args.replicas, args.epochs = ens.n_replicas, ens.settings.get("max_epochs")
+    if log is not None: log(f"model {d}: {ens.n_replicas} replicas, inputs {', '.join(ens.input_names)}")
+    return ens, d
+
+def _training_text(args, model_dir)->str:
+    return f"{args.replicas} replicas x {args.epochs} epochs" if model_dir is None else f"the model in {model_dir} ({args.replicas} replicas)"
+
+def _model_info(model_dir)->dict:
+    "What results.json's `cli` says of `--model`: the directory and the checksum of its weights."
+    if model_dir is None: return {}
+    from eelsnb.ensemble import CARD_FILE
+    card = json.loads((Path(model_dir) / CARD_FILE).read_text())
+    return dict(model=str(Path(model_dir).absolute()), model_weights_sha256=card.get("weights_sha256"))
+
 def run_spectra(args, log:Progress|None=None)->Path:
     "The `spectra` command: load, analyse (`eelsnb.analysis.analyse_spectra`), save and report."
     log = log or Progress(getattr(args, "quiet", False))
     out = check_out_dir(args.out, args.overwrite)
+    if getattr(args, "model", None) is not None:   # options that only shape a training: refused before any work
+        given = [o for o, v in (("--calibrate", getattr(args, "calibrate", "auto") == "on"), ("--vacuum-dE1", getattr(args, "vacuum_dE1", None) is not None)) if v]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: {'they shape' if len(given) > 1 else 'it shapes'} the training and its spread "
+                             "calibration; with --model the ensemble is trained and keeps the calibration saved with it. "
+                             f"Drop {' and '.join(given)}, or train anew without --model.")
+    ensemble, model_dir = resolve_training(args, log)
     log(f"loading {len(args.sample)} sample and {len(args.vacuum)} vacuum file(s)")
     samples, energy, names = load_spectra(args.sample, args.energy_range, "--sample", log.note)
     vacuum = vac_names = None
@@ -552,17 +612,17 @@ def run_spectra(args, log:Progress|None=None)->Path:
         raise ValueError("--exponent: a fixed exponent applies to the power law only; use --onset-model power with it.")
     exc, plw = _peak_windows(args, energy)
     from eelsnb.analysis import analyse_spectra
-    log(f"analysing: {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
+    log(f"analysing: {_training_text(args, model_dir)}, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars (Lightning's write to stdout) on stderr with the rest
         res = analyse_spectra(samples, vacuum=vacuum, energy=energy, names=names, vacuum_names=vac_names, n_replicas=args.replicas,
-                              max_epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2,
+                              max_epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2, ensemble=ensemble,
                               window=None if args.window is None else tuple(args.window), exponent=args.exponent,
                               progress=not args.quiet, onset_model=onset_model, calibrate=calibrate, vacuum_dE1=vacuum_dE1,
                               exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb spectra"), sample=[str(p) for p in args.sample],
                 vacuum=[str(p) for p in args.vacuum], energy_range=args.energy_range, replicas=args.replicas,
                 epochs=args.epochs, seed=args.seed, dE1=dE1, dE2=dE2, window=args.window, exponent=args.exponent,
-                onset_model=onset_model, calibrate=calibrate, vacuum_dE1=vacuum_dE1, **_windows_info(exc, plw))
+                onset_model=onset_model, calibrate=calibrate, vacuum_dE1=vacuum_dE1, **_windows_info(exc, plw), **_model_info(model_dir))
     _finish(res, out, args, info, log, getattr(args, "title", "eelsnb spectra"))
     if not args.quiet: _print_samples(res.to_dict())
     return out
@@ -575,12 +635,13 @@ def run_image(args, log:Progress|None=None)->Path:
     if path.suffix.lower() in TEXT_SUFFIXES:
         raise ValueError(f"SI_FILE {path.name}: plain-text files hold spectra, not spectral images; save the SI as "
                          ".hspy or .zspy (eelsnb.io.save), or use `eelsnb spectra`.")
+    ensemble, model_dir = resolve_training(args, log)
     if path.exists():                         # a .zspy is a directory
         from eelsnb.large import wants_large
         try:
             with quiet_loaders(): large = wants_large(path, args.scheduler)
         except Exception: large = args.scheduler is not None   # unreadable: the loader below (or open_si) says why
-        if large: return run_image_large(args, path, log)
+        if large: return run_image_large(args, path, log, model_dir)
     elif args.scheduler is not None:
         raise ValueError(f"SI_FILE {path}: no such file.")
     out = check_out_dir(args.out, args.overwrite)
@@ -594,19 +655,19 @@ def run_image(args, log:Progress|None=None)->Path:
     from eelsnb.io import signal_energy
     exc, plw = _peak_windows(args, signal_energy(si))
     from eelsnb.image import analyse_image
-    log(f"analysing: {args.clusters} clusters, {args.replicas} replicas x {args.epochs} epochs, seed {args.seed}")
+    log(f"analysing: {args.clusters} clusters, {_training_text(args, model_dir)}, seed {args.seed}")
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
-        res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
+        res = analyse_image(si, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs, ensemble=ensemble,
                             seed=args.seed, max_memory=int(args.max_memory) * 2**20, progress=not args.quiet,
                             vacuum_below=args.vacuum_below, exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                vacuum_below=args.vacuum_below, **_windows_info(exc, plw))
+                vacuum_below=args.vacuum_below, **_windows_info(exc, plw), **_model_info(model_dir))
     _finish(res, out, args, info, log, f"eelsnb image: {path.name}")
     if not args.quiet: _print_summaries(res.to_dict())
     return out
 
-def run_image_large(args, path:Path, log:Progress)->Path:
+def run_image_large(args, path:Path, log:Progress, model_dir:Path|None=None)->Path:
     "`image` through `eelsnb.large.analyse_large`: DIR is the run's work directory; the same command resumes it."
     from eelsnb.large import analyse_large, open_si
     with quiet_loaders(): src = open_si(path)               # opened once: its checks, and the windows given on its axis
@@ -617,12 +678,14 @@ def run_image_large(args, path:Path, log:Progress)->Path:
                                                            if args.scheduler else ")"))
     with contextlib.redirect_stdout(sys.stderr):   # progress bars on stderr; stdout holds only the results
         res = analyse_large(src, out, n_clusters=args.clusters, n_replicas=args.replicas, max_epochs=args.epochs,
-                            seed=args.seed, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
+                            seed=args.seed, model=model_dir, scheduler=args.scheduler, n_workers=args.workers, overwrite=args.overwrite,
                             max_memory=int(args.max_memory) * 2**20, progress=not args.quiet, vacuum_below=args.vacuum_below,
                             exciton_windows=exc, plasmon_window=plw)
     info = dict(command=getattr(args, "command_line", "eelsnb image"), si=str(path), clusters=args.clusters,
                 replicas=args.replicas, epochs=args.epochs, seed=args.seed, max_memory_mib=args.max_memory,
-                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below, **_windows_info(exc, plw))
+                scheduler=args.scheduler, workers=args.workers, vacuum_below=args.vacuum_below, **_windows_info(exc, plw),
+                **_model_info(model_dir))
+    _add_cli_info(out, info)                 # the command line and inputs in results.json, as from the in-memory pipeline
     write_report(res, out / REPORT_FILE, title=f"eelsnb image: {path.name}", settings=info)
     normal_modes(out)                        # results.json, maps, report: readable like any other output
     log(f"done: open {out / REPORT_FILE}")

@@ -699,6 +699,11 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             try: grid.coords(cond)
             except ValueError as err:
                 raise ValueError(f"reuse_grid: the given run's grid does not cover this SI's pixels ({err}); use reuse_grid=False.") from None
+            # the model must reproduce the data's ZLP core, as in the in-memory pipeline (a given model may be another scan's)
+            from eelsnb.subtract import check_zlp_scale
+            ku = np.flatnonzero(usable.reshape(-1))
+            ku = ku[np.unique(np.linspace(0, len(ku) - 1, min(64, len(ku))).astype(int))]
+            check_zlp_scale(np.median(grid.zlp({n: d[n].reshape(-1)[ku] for n in ens.condition_names}), 0), src.pixels(ku), 1.5, "si")
             # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
             xs = dict({} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent), **axis_settings(e))
             secs["grid"] = time.perf_counter() - t; t = time.perf_counter()

@@ -59,9 +59,9 @@ def check_report(path, n_min=1):
 @pytest.mark.parametrize("command, options", [
     ("spectra", ["--vacuum", "--sample", "--energy-range", "--replicas", "--epochs", "--seed", "--out", "--overwrite",
                  "--quiet", "--debug", "--dE1", "--dE2", "--window", "--exponent", "--onset-model", "--calibrate", "--no-calibrate", "--vacuum-dE1",
-                 "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
+                 "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon", "--model"]),
     ("image", ["SI_FILE", "--clusters", "--replicas", "--epochs", "--seed", "--out", "--overwrite", "--quiet",
-               "--debug", "--max-memory", "--vacuum-below", "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon"]),
+               "--debug", "--max-memory", "--vacuum-below", "--exciton", "--no-excitons", "--plasmon-window", "--no-plasmon", "--model"]),
     ("demo", ["--out", "--replicas", "--epochs", "--seed", "--overwrite", "--quiet", "--debug", "--onset-model", "--calibrate", "--no-calibrate", "--vacuum-dE1"]),
 ])
 def test_help_explains_every_option(capsys, command, options):
@@ -289,6 +289,59 @@ def test_spectra_run_refuses_then_overwrites(capsys, spectra_run):
     assert sorted(p.name for p in out.parent.iterdir()) == ["spectra"]     # no staging directory left behind
 
 
+
+def test_spectra_with_a_saved_model(capsys, tmp_path):
+    """--model: train once, analyse many. The same sample, seed and model give the training run's results to the bit;
+    other samples need no vacuum; options that only shape a training, a missing or damaged model, and spectra off the
+    model's axis stop with one line before any work."""
+    import shutil
+    base = ["spectra", "--vacuum", WS2 / "vacuum_17.txt", "--sample", WS2 / "sample_14.txt", *ERANGE, "--seed", "1"]
+    first = tmp_path / "first"
+    rc, _, err = run(capsys, base + ["--replicas", "6", "--epochs", "300", "--out", first])
+    assert rc == 0, err[-3000:]
+    d0 = json.loads((first / "results.json").read_text())
+    out = tmp_path / "again"
+    rc, stdout, err = run(capsys, base + ["--model", first, "--out", out])
+    assert rc == 0, err[-3000:]
+    assert "Epoch" not in err and f"model {first / 'model'}: 6 replicas" in err         # nothing trained
+    d = json.loads((out / "results.json").read_text())
+    for k in ("band_gap", "exponent", "t_over_lambda", "dE1", "dE2"): assert d["samples"][0][k] == d0["samples"][0][k], k
+    card = json.loads((first / "model" / "model.json").read_text())
+    assert d["cli"]["model"] == str((first / "model").absolute()) and d["cli"]["model_weights_sha256"] == card["weights_sha256"]
+    assert (d["cli"]["replicas"], d["cli"]["epochs"]) == (6, 300)                         # the model's, not the defaults
+    assert (out / "model" / "weights.safetensors").read_bytes() == (first / "model" / "weights.safetensors").read_bytes()
+    # other samples of the same session, without vacuum spectra, through the model directory itself
+    rc, stdout, err = run(capsys, ["spectra", "--sample", WS2 / "sample_15.txt", WS2 / "sample_16.txt", *ERANGE,
+                                   "--model", first / "model", "--out", tmp_path / "more", "--quiet"])
+    assert rc == 0, err[-3000:]
+    more = json.loads((tmp_path / "more" / "results.json").read_text())
+    assert [s["file"] for s in more["samples"]] == ["sample_15.txt", "sample_16.txt"]
+    for s in more["samples"]:
+        m, lo, hi = check_summary(s["band_gap"], "band_gap")
+        assert 0.5 < m < 3.0
+    # refused before any work: nothing written
+    x = tmp_path / "x"
+    for extra, words in ((["--replicas", "8"], ["--replicas", "already trained"]),
+                         (["--epochs", "5", "--replicas", "8"], ["--replicas and --epochs"]),
+                         (["--calibrate"], ["--calibrate", "keeps the calibration saved with it"]),
+                         (["--vacuum-dE1", "3"], ["--vacuum-dE1"])):
+        rc, _, err = run(capsys, base + ["--model", first, "--out", x] + extra)
+        assert_one_line_error(rc, err, *words)
+    rc, _, err = run(capsys, base + ["--model", tmp_path / "nowhere", "--out", x])
+    assert_one_line_error(rc, err, "--model", "no such directory")
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, base + ["--model", tmp_path / "empty", "--out", x])
+    assert_one_line_error(rc, err, "--model", "holds no eelsnb model")
+    bad = tmp_path / "bad"; shutil.copytree(first / "model", bad)
+    w = (bad / "weights.safetensors").read_bytes(); (bad / "weights.safetensors").write_bytes(w[:len(w) // 2])
+    rc, _, err = run(capsys, base + ["--model", bad, "--out", x])
+    assert_one_line_error(rc, err, "--model", "sha256 does not match")
+    S3 = data_dir() / "ws2" / "specimen3"          # monochromated, 5 meV channels up to 9.07 eV: not the model's axis
+    rc, _, err = run(capsys, ["spectra", "--sample", S3 / "sample_04.txt", "--energy-range", "-0.93", "9.07",
+                              "--model", first, "--out", x])
+    assert_one_line_error(rc, err, "training axis")
+    assert not x.exists()
+
 def test_dE1_one_value_or_one_per_sample(capsys, tmp_path):
     "--dE1/--dE2 take one value for every sample or one per sample (as the no-departure message suggests)."
     two = ["--sample", WS2 / "sample_14.txt", WS2 / "sample_15.txt", "--vacuum", WS2 / "vacuum_17.txt", *ERANGE]
@@ -456,6 +509,19 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     # and every SI band-gap map says how far its intervals held on synthetic truth (`eelsnb.image.band_gap_map_caution`)
     assert [c.split(":")[0] for c in d["cautions"]] == ["exponent", "band_gap", "vacuum"], d["cautions"]
     assert d["cautions"][1] == "band_gap: " + d["settings"]["band_gap_caution"] and d["cautions"][2].startswith("vacuum: cluster 0 (")
+    # --model: the same SI, seed and clusters with the saved model give the same maps, without training
+    out2 = tmp_path / "img2"
+    rc, _, err = run(capsys, ["image", f, "--clusters", "3", "--model", out, "--out", out2, "--exciton", "1.9", "2.2", "--no-plasmon"])
+    assert rc == 0, err[-3000:]
+    assert "Epoch" not in err and "4 replicas" in err
+    d2 = json.loads((out2 / "results.json").read_text())
+    assert dict(cli._summaries(d2)) == flat and d2["cli"]["model"] == str((out / "model").absolute())
+    from eelsnb.image import ImageResults
+    a, b = ImageResults.load(out), ImageResults.load(out2)
+    for n in a.maps:
+        for w in range(4): np.testing.assert_array_equal(np.asarray(b.maps[n][w]), np.asarray(a.maps[n][w]), err_msg=n)
+    rc, _, err = run(capsys, ["image", f, "--model", out, "--replicas", "8", "--out", tmp_path / "img3"])
+    assert_one_line_error(rc, err, "--replicas", "already trained")
 
 
 def _strings(d):
@@ -526,6 +592,14 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     rc, _, err = run(capsys, argv)                           # the same command: the finished run is resumed, not redone
     assert rc == 0, err[-3000:]
     assert json.loads((out / "results.json").read_text())["maps"] == json.loads(before)["maps"]
+    # --model with the large pipeline: the trained run's model, copied into the new run, gives the same maps
+    out3 = tmp_path / "big_model"
+    rc, _, err = run(capsys, ["image", f, "--clusters", "2", "--model", out, "--out", out3])
+    assert rc == 0, err[-3000:]
+    d3 = json.loads((out3 / "results.json").read_text())
+    assert d3["cli"]["model_weights_sha256"] == json.loads((out / "model" / "model.json").read_text())["weights_sha256"]
+    assert (out3 / "model" / "weights.safetensors").read_bytes() == (out / "model" / "weights.safetensors").read_bytes()
+    assert dict(cli._summaries(d3)) == dict(cli._summaries(d))
     rc, _, err = run(capsys, ["image", tmp_path / "nope.zspy", "--scheduler", "local", "--out", tmp_path / "x"])
     assert_one_line_error(rc, err, "nope.zspy", "no such file")
 
