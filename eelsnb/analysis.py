@@ -330,7 +330,7 @@ def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
     if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
     return xc
 
-CAUTION_KEYS = ("calibration_caution", "exponent_caution", "band_gap_caution", "t_over_lambda_caution")   # settings entries that are cautions
+CAUTION_KEYS = ("model_caution", "calibration_caution", "exponent_caution", "band_gap_caution", "t_over_lambda_caution")   # settings entries that are cautions
 
 def settings_cautions(settings:dict)->list:
     "The cautions an analysis wrote into its settings (`CAUTION_KEYS`), as 'name: text' in that order."
@@ -734,6 +734,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
         sec["train"] = time.perf_counter() - t1
     else: settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
+    if "train" not in sec:   # a given ensemble: were spectra like these in its training?
+        from eelsnb.subtract import model_conditions, model_range_caution
+        mc = model_range_caution(use, model_conditions(use, S, e), "spectra", warn=True)
+        if mc: settings["model_caution"] = mc
     weak = []
     if calibrate and "train" in sec:   # a weak onset (a very thin sample): calibrated intervals under-cover there
         of = onset_fraction(S, np.median(use.predict_for(S, e), 0), e, d1)

@@ -377,7 +377,7 @@ class ImageResults:
 
     @property
     def cautions(self)->list:
-        """What the maps must be read with: an exponent map that is not a measurement at this resolution
+        """What the maps must be read with: pixels outside a reused model's training conditions (`model_range_caution`), an exponent map that is not a measurement at this resolution
         (`eelsnb.analysis.exponent_caution`), band-gap intervals that under-cover on synthetic truth (`band_gap_map_caution`), t/lambda on a short axis (`eelsnb.physics.t_over_lambda_caution`), a cluster
         that looks like vacuum yet carries band gaps (`vacuum_cautions`)."""
         return self._cautions(self.cluster_summaries())
@@ -687,6 +687,10 @@ def analyse_image(si, # SI (ny, nx, n_E): array, hyperspy signal (also lazy), or
                     dE1=[float(v) for v in np.atleast_1d(ensemble.dE1)], dE2=[float(v) for v in np.atleast_1d(ensemble.dE2)],
                     bandgap_kw=bandgap_kw or {}, peak_kw=pk, vacuum_below=vacuum_below,
                     **exponent_settings(kernels_fwhm(it.grid), exponent), **axis_settings(e))   # the kernels the band-gap fits used
+    if not trained:   # a given ensemble: were pixels like these in its training?
+        from eelsnb.subtract import model_range_caution
+        mc = model_range_caution(ensemble, it.conditions, "pixels", warn=True)
+        if mc: settings["model_caution"] = mc
     seconds = dict(cluster=t1 - t0, train=t2 - t1, grid=t3 - t2, chunks=t4 - t3, total=t4 - t0)
     return _warn_vacuum(ImageResults(e, tuple(shape), maps, n_failed.reshape(shape), int(R), clusters, ensemble, grid,
                                      reasons, settings, seconds, nav_axes, title, it.grid))

@@ -706,6 +706,10 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             check_zlp_scale(np.median(grid.zlp({n: d[n].reshape(-1)[ku] for n in ens.condition_names}), 0), src.pixels(ku), 1.5, "si")
             # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
             xs = dict({} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent), **axis_settings(e))
+            if model_dir is not None:   # a given model: were pixels like these in its training?
+                from eelsnb.subtract import model_range_caution
+                mc = model_range_caution(ens, cond, "pixels", warn=True)
+                if mc: xs["model_caution"] = mc
             secs["grid"] = time.perf_counter() - t; t = time.perf_counter()
             # the masks after dead/hot are what pass 2 uses: store them in pass1.zarr's 'masked' (block by block)
             st1 = ChunkStore.open(out / "work/pass1.zarr", (ny, nx), list(P1_NAMES), rows, fp, dtypes=P1_DTYPES)

@@ -18,11 +18,11 @@ from .preprocess import spectrum_conditions
 from .bandgap import Summary, summarize, _median0, _nan_percentiles, _check_spread_scale
 
 # %% auto #0
-__all__ = ['AXIS_KEYS', 'CALIBRATION_TARGET', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis', 'training_axis',
-           'check_energy_for', 'model_conditions', 'check_zlp_scale', 'spectrum_signal', 'Subtraction', 'subtract',
-           'SpreadCalibration', 'scale_spread', 'calibrate_spread', 'single_thread_kernels', 'lazy_empty',
-           'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid', 'ImageChunk', 'ImageSubtraction',
-           'subtract_image', 'memory_check']
+__all__ = ['AXIS_KEYS', 'MODEL_RANGE_TOL', 'CALIBRATION_TARGET', 'MEMORY_SCRIPT', 'check_ensemble', 'record_training_axis',
+           'training_axis', 'check_energy_for', 'model_conditions', 'model_range_caution', 'check_zlp_scale',
+           'spectrum_signal', 'Subtraction', 'subtract', 'SpreadCalibration', 'scale_spread', 'calibrate_spread',
+           'single_thread_kernels', 'lazy_empty', 'fast_log_zlp', 'NodeStore', 'ConditionGrid', 'condition_grid',
+           'ImageChunk', 'ImageSubtraction', 'subtract_image', 'memory_check']
 
 # %% ../nbs/06_subtract.ipynb #2368a4d6
 AXIS_KEYS = ("energy_first", "energy_step", "energy_channels")
@@ -112,6 +112,36 @@ def model_conditions(ensemble, # a trained ZLPEnsemble
     sc = spectrum_conditions(counts, energy) if need else {}
     _missing_conditions(names, set(sc) | set(user))
     return {n: np.asarray(user[n] if n in user else sc[n], dtype=np.float64) for n in names}
+
+MODEL_RANGE_TOL = 0.25   # a value counts as outside a condition's training range more than this many ranges beyond it
+
+def model_range_caution(ensemble, # a trained ZLPEnsemble
+                        conditions:dict, # name -> the data's values (`model_conditions`, `ImageSubtraction.conditions`), any shape; NaN ignored
+                        what:str="spectra", # what the values belong to, for the message
+                        warn:bool=False, # also warn
+                       )->str|None: # the caution, or None where every value lies within the training ranges
+    """A caution where data lie outside the conditions a reused ensemble was trained on (`conditions_seen`), more than
+    `MODEL_RANGE_TOL` of a condition's training range beyond it (the range taken as at least 2% of the condition's
+    size, for a model trained at one value): there its ZLP is the networks' extrapolation, median and band alike."""
+    seen = check_ensemble(ensemble).conditions_seen
+    out, parts, far = None, [], 0.0
+    for n, v in conditions.items():
+        if n == "energy_loss" or n not in seen: continue
+        lo, hi = (float(x) for x in seen[n])
+        v = np.asarray(v, float).reshape(-1)
+        span = max(hi - lo, 0.02 * max(abs(lo), abs(hi), 1.0))
+        with np.errstate(invalid="ignore"): d = np.maximum(np.maximum(lo - v, v - hi), 0.0) / span   # NaN stays NaN
+        bad = d > MODEL_RANGE_TOL
+        out = bad if out is None else out | bad
+        if bad.any():
+            far = max(far, float(np.nanmax(d)))
+            parts.append(f"{n} {lo:.4g}..{hi:.4g} in training, {np.nanmin(v):.4g}..{np.nanmax(v):.4g} here")
+    if out is None or not out.any(): return None
+    c = (f"{int(out.sum())} of {out.size} {what} lie outside the conditions the model was trained on, by up to {far:.2g} "
+         f"training ranges ({'; '.join(parts)}): their ZLP is the networks' extrapolation, where neither its median nor its "
+         "band was checked against data; analyse them with an ensemble trained on them (without --model / ensemble=)")
+    if warn: warnings.warn("model: " + c + ".")
+    return c
 
 def _core_ratio(zlp_median, # (m, n_E) median predicted ZLP
                 counts, # (m, n_E) measured

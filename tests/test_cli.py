@@ -319,6 +319,18 @@ def test_spectra_with_a_saved_model(capsys, tmp_path):
     for s in more["samples"]:
         m, lo, hi = check_summary(s["band_gap"], "band_gap")
         assert 0.5 < m < 3.0
+    # spectra unlike the training data: 30% more counts lie outside its conditions (a caution, in results.json and on
+    # stdout); 3x more give a ZLP core far off the measured one, which stops the run
+    c14 = np.loadtxt(WS2 / "sample_14.txt")
+    for k in (1.3, 3.0): np.savetxt(tmp_path / f"s14x{k}.txt", k * c14)
+    rc, stdout, err = run(capsys, ["spectra", "--sample", tmp_path / "s14x1.3.txt", *ERANGE, "--model", first, "--out", tmp_path / "x13"])
+    assert rc == 0, err[-3000:]
+    c = json.loads((tmp_path / "x13" / "results.json").read_text())["cautions"]
+    assert c[0].startswith("model: 1 of 1 spectra lie outside the conditions the model was trained on") and "log_total" in c[0], c
+    assert f"CAUTION: {c[0]}" in stdout.splitlines()
+    assert not any(l.startswith("model:") for l in d["cautions"])        # the training data themselves: no such caution
+    rc, _, err = run(capsys, ["spectra", "--sample", tmp_path / "s14x3.0.txt", *ERANGE, "--model", first, "--out", tmp_path / "x3"])
+    assert_one_line_error(rc, err, "ZLP core is")
     # refused before any work: nothing written
     x = tmp_path / "x"
     for extra, words in ((["--replicas", "8"], ["--replicas", "already trained"]),
@@ -520,8 +532,16 @@ def test_image_run_on_synthetic_si(capsys, tmp_path):
     a, b = ImageResults.load(out), ImageResults.load(out2)
     for n in a.maps:
         for w in range(4): np.testing.assert_array_equal(np.asarray(b.maps[n][w]), np.asarray(a.maps[n][w]), err_msg=n)
+    assert not any(c.startswith("model:") for c in d2["cautions"])           # its own SI: inside its training conditions
     rc, _, err = run(capsys, ["image", f, "--model", out, "--replicas", "8", "--out", tmp_path / "img3"])
     assert_one_line_error(rc, err, "--replicas", "already trained")
+    # a scan with 1.5x the counts: most pixels lie outside the model's training conditions, and the run says so
+    g = save(to_signal(1.5 * si.counts, si.energy), tmp_path / "si15.hspy")
+    rc, stdout, err = run(capsys, ["image", g, "--clusters", "3", "--model", out, "--out", tmp_path / "img15", "--no-plasmon"])
+    assert rc == 0, err[-3000:]
+    c = [c for c in json.loads((tmp_path / "img15" / "results.json").read_text())["cautions"] if c.startswith("model:")]
+    assert len(c) == 1 and " of 80 pixels lie outside the conditions the model was trained on" in c[0], c
+    assert int(c[0].split()[1]) >= 40 and f"CAUTION: {c[0]}" in stdout.splitlines()
 
 
 def _strings(d):
