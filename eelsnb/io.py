@@ -292,15 +292,14 @@ def save(signal, # hyperspy signal to write
             warnings.simplefilter("ignore")
             signal.save(str(tmp), overwrite=True)
         old = None
-        if path.exists():  # move the old one aside first, so that a failed rename can be undone
-            old = path.with_name(f".{path.name}.old")
+        if path.exists():  # moved aside into the temporary directory first, so that a failed rename can be undone
+            old = tmpdir / ".previous"
             os.replace(path, old)
         try: os.replace(tmp, path)
-        except Exception:
+        except BaseException:
             if old is not None: os.replace(old, path)
             raise
-        if old is not None: shutil.rmtree(old) if old.is_dir() else old.unlink()
-    finally:
+    finally:                # removes the temporary directory, and with it the old file or directory
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_large.ipynb #f592342c
 from __future__ import annotations
-import contextlib, io, json, math, os, shutil, threading, time, warnings
+import contextlib, io, json, math, os, shutil, sys, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -612,6 +612,9 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             if (out / RESULTS_FILE).is_file():   # finished results stay whole and readable until the new run is complete:
                 out = _staging(final)            # it runs (and resumes, by the same command) in a hidden sibling
                 out.mkdir(exist_ok=True)
+                if progress:                     # a hidden directory that may grow large: say where it is and how to drop it
+                    tqdm.write(f"eelsnb: {final} holds finished results; the new run works in {out} and replaces them when "
+                               f"complete (the same command resumes it; delete {out.name} to abandon the replacement)", file=sys.stderr)
                 runf = out / RUN_FILE
                 old = _read_run(runf) if runf.is_file() else None
                 if old is not None and old.get("fingerprint") != fp: _clear(out)

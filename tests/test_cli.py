@@ -620,6 +620,11 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert d3["cli"]["model_weights_sha256"] == json.loads((out / "model" / "model.json").read_text())["weights_sha256"]
     assert (out3 / "model" / "weights.safetensors").read_bytes() == (out / "model" / "weights.safetensors").read_bytes()
     assert dict(cli._summaries(d3)) == dict(cli._summaries(d))
+    # --overwrite with other settings: the new run works in a hidden sibling, says where and how to drop it, then replaces
+    rc, _, err = run(capsys, argv + ["--seed", "1", "--overwrite"])
+    assert rc == 0, err[-3000:]
+    assert f"the new run works in {tmp_path / '.big.replacing'}" in err and "delete .big.replacing to abandon the replacement" in err
+    assert json.loads((out / "results.json").read_text())["cli"]["seed"] == 1 and not (tmp_path / ".big.replacing").exists()
     rc, _, err = run(capsys, ["image", tmp_path / "nope.zspy", "--scheduler", "local", "--out", tmp_path / "x"])
     assert_one_line_error(rc, err, "nope.zspy", "no such file")
 
