@@ -620,6 +620,10 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert d3["cli"]["model_weights_sha256"] == json.loads((out / "model" / "model.json").read_text())["weights_sha256"]
     assert (out3 / "model" / "weights.safetensors").read_bytes() == (out / "model" / "weights.safetensors").read_bytes()
     assert dict(cli._summaries(d3)) == dict(cli._summaries(d))
+    before = (out3 / "results.json").read_text()                           # a model inside --out: refused, nothing touched
+    rc, _, err = run(capsys, ["image", f, "--model", out3, "--out", out3, "--overwrite"])
+    assert_one_line_error(rc, err, "lies in out_dir")
+    assert (out3 / "results.json").read_text() == before
     # --overwrite with other settings: the new run works in a hidden sibling, says where and how to drop it, then replaces
     rc, _, err = run(capsys, argv + ["--seed", "1", "--overwrite"])
     assert rc == 0, err[-3000:]
