@@ -284,10 +284,10 @@ def _versions()->dict:
         except Exception: pass
     return out
 
-def _subtract(ensemble, counts, energy):
-    "ZLP and inelastic replicas: eelsnb.subtract.subtract."
+def _subtract(ensemble, counts, energy, calibrated:bool=True):
+    "ZLP and inelastic replicas: eelsnb.subtract.subtract (with the ensemble's stored spread calibration unless `calibrated` is False)."
     from eelsnb.subtract import subtract
-    return subtract(ensemble, counts, energy)
+    return subtract(ensemble, counts, energy, calibrated=calibrated)
 
 RESULTS_FILE, MODEL_DIR, SPECTRA_DIR = "results.json", "model", "spectra"
 # above this vacuum ZLP FWHM (eV) a calibration that narrows the intervals is known to under-cover on synthetic truth
@@ -642,7 +642,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                     dE2=None, # override dE2 (eV): scalar or one per sample; None: from the data
                     window=None, # band-gap window: None / 'onset' (automatic, see `fit_band_gap`), 'dE1' (dE1 - FWHM .. dE1 + 3 FWHM), (lo, hi) or (n, 2)
                     exponent=None, # None: free exponent b; or a fixed b (0.5 direct, 1.5 indirect)
-                    ensemble=None, # a trained ZLPEnsemble to use instead of training one (its stored spread calibration, if any, applies)
+                    ensemble=None, # a trained ZLPEnsemble to use instead of training one (its stored spread calibration, if any, applies unless calibrate=False)
                     progress:bool=True, # show the training progress bar
                     sigma="auto", # training errors: 'auto' (spread of repeated spectra), 'spread', 'poisson' or an array
                     train_on:str="both", # 'both': vacuum (their tails) and samples (below dE1); 'samples': samples only
@@ -702,6 +702,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     win = Window(d1, d2, win.method, win.details)
     wins, jit, wdesc = _window_arg(window, n, fwhm, d1)   # checked before the (long) training
     sec["prepare"] = time.perf_counter() - t0
+    ensemble_given = ensemble is not None
     requested = calibrate   # 'auto': calibrate a monochromated ZLP (where the raw intervals over-cover), trained here on vacuum
     if calibrate == "auto": calibrate = use_v and ensemble is None and fwhm <= CALIBRATION_MAX_FWHM
     calibrate = bool(calibrate)
@@ -753,6 +754,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     if calibrate and "train" in sec:   # trained here: calibrate on the vacuum it held out
         ensemble.spread_calibration = use.spread_calibration = _calibration(use, V if use_v else None, e, sig, vd1 if use_v else None, vd2 if use_v else None)
     cal = use.spread_calibration
+    kept = not (ensemble_given and not isinstance(requested, str) and not bool(requested))   # a given ensemble's calibration applies unless calibrate=False
+    if not kept and cal is not None:
+        settings["calibrate"]["dropped"] = f"the given ensemble's spread calibration (x {cal.scale:.3g}), by calibrate=False"
+        cal = None
     settings["spread_calibration"] = None if cal is None else cal.to_dict()
     why = []   # narrowed where that is known to under-cover
     if cal is not None and cal.scale < 1 and fwhm > CALIBRATION_MAX_FWHM:
@@ -767,7 +772,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
         warnings.warn("calibrate: " + settings["calibration_caution"] + " (see 09_analysis, 'Calibrated intervals').")
     # 4. subtraction
     t1 = time.perf_counter()
-    sub = _subtract(use, S, e)
+    sub = _subtract(use, S, e, calibrated=kept)
     sec["subtract"] = time.perf_counter() - t1
     # 5. band gap per replica with the ZLP replicas as resolution
     t1 = time.perf_counter()

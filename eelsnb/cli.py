@@ -55,8 +55,8 @@ def _add_training(p, replicas:int=100, epochs:int=1000, model:str|None=None):
                             "--out (it holds model/) or a model directory (model.json, weights.safetensors). Train once, "
                             "analyse many: the data must be on the model's energy axis and recorded as its training data "
                             "were (beam energy, dispersion, exposure; where the model's ZLP core is off the measured one "
-                            f"by more than 1.5x the run stops). The model's replicas and spread calibration apply, so {model} "
-                            "do not; the model is copied into --out (default: train a new ensemble)")
+                            f"by more than 1.5x the run stops). {model}; the model is copied into --out, which must not be "
+                            "the model's directory nor hold it (default: train a new ensemble)")
     g.add_argument("--replicas", type=_whole(2, "replicas"), default=replicas, metavar="N", action=_Given,
                    help="Monte Carlo replicas of the data = networks in the ensemble; the 68%% intervals are "
                         "percentiles over them (default: %(default)s)")
@@ -202,7 +202,8 @@ def build_parser()->argparse.ArgumentParser:
                    help="fix the onset exponent b in I ~ (E - E_bg)^b, e.g. 0.5 direct or 1.5 indirect "
                         "(default: fitted; power-law model only)")
     _add_onset_model(g, "power"); _add_calibration(g); _add_peaks(g)
-    _add_training(sp, model="--replicas, --epochs, --calibrate and --vacuum-dE1"); _add_output(sp)
+    _add_training(sp, model="The model's replicas and spread calibration apply (--no-calibrate keeps its raw spread), so "
+                            "--replicas, --epochs, --calibrate and --vacuum-dE1 are refused with it"); _add_output(sp)
     sp.set_defaults(run=run_spectra)
 
     ip = sub.add_parser("image", formatter_class=_Formatter, allow_abbrev=False,
@@ -233,7 +234,7 @@ def build_parser()->argparse.ArgumentParser:
                         "work directory, and the same command resumes a killed run (default: none, in this process)")
     g.add_argument("--workers", type=_whole(1, "workers"), default=2, metavar="N",
                    help="worker processes of --scheduler local (default: %(default)s)")
-    _add_training(ip, model="--replicas and --epochs"); _add_output(ip)
+    _add_training(ip, model="The model's replicas apply, so --replicas and --epochs are refused with it"); _add_output(ip)
     ip.set_defaults(run=run_image)
 
     dp = sub.add_parser("demo", formatter_class=_Formatter, allow_abbrev=False,
@@ -551,15 +552,22 @@ def load_model(path, # --model: a model directory, or a results directory holdin
     try: return ZLPEnsemble.load(d), d
     except ValueError as err: raise ValueError(f"--model {err}") from None
 
-def resolve_training(args, log=None)->tuple:
-    """(ensemble, model directory) of `--model`, or (None, None) to train. With it, `--replicas`/`--epochs` must not be
-    given (the model fixes them) and take the model's values."""
+def _and(items:list)->str: return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+def resolve_training(args, log=None, extra:list=())->tuple:
+    """(ensemble, model directory) of `--model`, or (None, None) to train. With it, `--replicas`/`--epochs` (and the
+    options in `extra`, given by the command) must not be given: the model fixes them; `--out` must neither be the
+    model's directory nor hold it or lie in it. All checked before any data are read."""
     if getattr(args, "model", None) is None: return None, None
-    given = [o for o in ("--replicas", "--epochs") if o in getattr(args, "given", ())]
+    given = [o for o in ("--replicas", "--epochs") if o in getattr(args, "given", ())] + list(extra)
     if given:
-        raise ValueError(f"{' and '.join(given)}: {'they set' if len(given) > 1 else 'it sets'} the training; with --model the "
-                         f"ensemble is already trained. Drop {' and '.join(given)}, or train anew without --model.")
+        raise ValueError(f"{_and(given)}: with --model the ensemble is already trained (its replicas, epochs and spread "
+                         f"calibration are the model's). Drop {_and(given)}, or train anew without --model.")
     ens, d = load_model(args.model)
+    o, m = Path(args.out).resolve(), d.resolve()
+    if o == m or o in m.parents or m in o.parents:
+        raise ValueError(f"--out {args.out}: it {'is' if o == m else 'holds' if o in m.parents else 'lies in'} the --model "
+                         f"directory {d}, which a run would replace or write into; choose another --out.")
     args.replicas, args.epochs = ens.n_replicas, ens.settings.get("max_epochs")
     if log is not None: log(f"model {d}: {ens.n_replicas} replicas, inputs {', '.join(ens.input_names)}")
     return ens, d
@@ -572,19 +580,15 @@ def _model_info(model_dir)->dict:
     if model_dir is None: return {}
     from eelsnb.ensemble import CARD_FILE
     card = json.loads((Path(model_dir) / CARD_FILE).read_text())
-    return dict(model=str(Path(model_dir).absolute()), model_weights_sha256=card.get("weights_sha256"))
+    return dict(model=str(Path(model_dir).resolve()), model_weights_sha256=card.get("weights_sha256"))
 
 def run_spectra(args, log:Progress|None=None)->Path:
     "The `spectra` command: load, analyse (`eelsnb.analysis.analyse_spectra`), save and report."
     log = log or Progress(getattr(args, "quiet", False))
     out = check_out_dir(args.out, args.overwrite)
-    if getattr(args, "model", None) is not None:   # options that only shape a training: refused before any work
-        given = [o for o, v in (("--calibrate", getattr(args, "calibrate", "auto") == "on"), ("--vacuum-dE1", getattr(args, "vacuum_dE1", None) is not None)) if v]
-        if given:
-            raise ValueError(f"{' and '.join(given)}: {'they shape' if len(given) > 1 else 'it shapes'} the training and its spread "
-                             "calibration; with --model the ensemble is trained and keeps the calibration saved with it. "
-                             f"Drop {' and '.join(given)}, or train anew without --model.")
-    ensemble, model_dir = resolve_training(args, log)
+    extra = [o for o, v in (("--calibrate", getattr(args, "calibrate", "auto") == "on"),
+                             ("--vacuum-dE1", getattr(args, "vacuum_dE1", None) is not None)) if v]   # they shape a training and its calibration
+    ensemble, model_dir = resolve_training(args, log, extra)
     log(f"loading {len(args.sample)} sample and {len(args.vacuum)} vacuum file(s)")
     samples, energy, names = load_spectra(args.sample, args.energy_range, "--sample", log.note)
     vacuum = vac_names = None

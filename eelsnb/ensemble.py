@@ -878,6 +878,19 @@ def _card(self)->dict:
                 weights_file=WEIGHTS_FILE,
                 spread_calibration=None if self.spread_calibration is None else self.spread_calibration.to_dict())
 
+_CARD_VOLATILE = ("created", "versions")   # what a save of the same model changes: when, and with which packages
+
+def _kept_card(self, card:dict)->bytes|None:
+    """The bytes of the card this ensemble was loaded from, where it says what `card` says (its creation time and versions
+    aside): a loaded model saved again (a run with `--model` copies it into its results) keeps its card, training date
+    included. None for a new or changed model."""
+    raw = getattr(self, "_source_card", None)
+    if raw is None: return None
+    try: old = json.loads(raw)
+    except ValueError: return None
+    norm = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k not in _CARD_VOLATILE}, allow_nan=False))
+    return raw if isinstance(old, dict) and norm(old) == norm(card) else None
+
 def _save(self,
           path, # target directory
           overwrite:bool=False, # replace an existing model directory
@@ -892,9 +905,9 @@ def _save(self,
         _fsync(tmp / WEIGHTS_FILE)
         card = _card(self)
         card["weights_sha256"] = _sha256(tmp / WEIGHTS_FILE)
-        with open(tmp / CARD_FILE, "w") as f:
-            json.dump(card, f, indent=1, allow_nan=False)
-            f.flush(); os.fsync(f.fileno())
+        data = _kept_card(self, card) or json.dumps(card, indent=1, allow_nan=False).encode()
+        with open(tmp / CARD_FILE, "wb") as f:
+            f.write(data); f.flush(); os.fsync(f.fileno())
     return path
 
 ZLPEnsemble.save = _save
@@ -973,6 +986,13 @@ def _load(cls, path)->"ZLPEnsemble":
         ens.outliers, ens.replica_ids = np.asarray(card["outliers"], dtype=bool), np.asarray(card["replica_ids"], dtype=int)
         ens.history, ens.training_set_seed = card.get("history", []), card["seeds"].get("training_set")
         ens.training_set_meta, ens.versions = card.get("training_set", {}), card["versions"]
+        if not isinstance(ens.history, list) or not all(isinstance(h, dict) for h in ens.history):
+            raise TypeError("'history' should be a list of objects")
+        if not isinstance(ens.training_set_meta, dict): raise TypeError("'training_set' should be an object")
+        for k in ("energy_first", "energy_step", "energy_channels"):   # the training axis, checked against the data's
+            v = ens.training_set_meta.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)):
+                raise TypeError(f"'training_set.{k}' should be a number, got {v!r}")
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         raise _bad(path / CARD_FILE, f"a field has a value of the wrong kind ({type(err).__name__}: {err}).") from None
     if ens.dE1.ndim != 1 or ens.dE1.shape != ens.dE2.shape: raise _bad(path / CARD_FILE, f"'dE1' and 'dE2' need one value each per cluster, got {len(ens.dE1)} and {len(ens.dE2)}.")
@@ -985,6 +1005,7 @@ def _load(cls, path)->"ZLPEnsemble":
         if not isinstance(sc, dict): raise _bad(path / CARD_FILE, "'spread_calibration' should be an object or null.")
         try: ens.spread_calibration = SpreadCalibration.from_dict(sc)
         except ValueError as err: raise _bad(path / CARD_FILE, str(err)) from None
+    ens._source_card = (path / CARD_FILE).read_bytes()   # `save` writes it back unchanged while the model is unchanged
     return ens
 
 ZLPEnsemble.load = classmethod(_load)

@@ -589,9 +589,10 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     sp = src.source.get("path") if isinstance(src.source, dict) else None
     if sp is not None and (Path(sp) == out.resolve() or out.resolve() in Path(sp).parents):   # a run may clear its directory
         raise ValueError(f"out_dir: {out} contains the input {sp}; choose an output directory outside it.")
-    if model_dir is not None and (model_dir.resolve() == out.resolve() or out.resolve() in model_dir.resolve().parents):
-        raise ValueError(f"model: {model_dir} lies in out_dir {out}, which this run writes and may clear; copy the model "
-                         "elsewhere, or choose another output directory.")
+    if model_dir is not None and (model_dir.resolve() == out.resolve() or out.resolve() in model_dir.resolve().parents
+                                  or model_dir.resolve() in out.resolve().parents):
+        raise ValueError(f"model: {model_dir} and out_dir {out} overlap (one is or holds the other), and this run writes "
+                         "out_dir and may clear it; copy the model elsewhere, or choose another output directory.")
     if not (out / RUN_FILE).is_file() and foreign_entries(out):   # before the lock file is made: a user's directory is left as it was
         _refuse_foreign(out)
     lock = RunLock(out)

@@ -309,7 +309,8 @@ def test_spectra_with_a_saved_model(capsys, tmp_path):
     card = json.loads((first / "model" / "model.json").read_text())
     assert d["cli"]["model"] == str((first / "model").absolute()) and d["cli"]["model_weights_sha256"] == card["weights_sha256"]
     assert (d["cli"]["replicas"], d["cli"]["epochs"]) == (6, 300)                         # the model's, not the defaults
-    assert (out / "model" / "weights.safetensors").read_bytes() == (first / "model" / "weights.safetensors").read_bytes()
+    for fn in ("weights.safetensors", "model.json"):                      # the copy is the model as saved, training date included
+        assert (out / "model" / fn).read_bytes() == (first / "model" / fn).read_bytes(), fn
     # other samples of the same session, without vacuum spectra, through the model directory itself
     rc, stdout, err = run(capsys, ["spectra", "--sample", WS2 / "sample_15.txt", WS2 / "sample_16.txt", *ERANGE,
                                    "--model", first / "model", "--out", tmp_path / "more", "--quiet"])
@@ -335,10 +336,16 @@ def test_spectra_with_a_saved_model(capsys, tmp_path):
     x = tmp_path / "x"
     for extra, words in ((["--replicas", "8"], ["--replicas", "already trained"]),
                          (["--epochs", "5", "--replicas", "8"], ["--replicas and --epochs"]),
-                         (["--calibrate"], ["--calibrate", "keeps the calibration saved with it"]),
-                         (["--vacuum-dE1", "3"], ["--vacuum-dE1"])):
+                         (["--calibrate"], ["--calibrate", "spread calibration are the model's"]),
+                         (["--vacuum-dE1", "3"], ["--vacuum-dE1"]),
+                         (["--replicas", "8", "--calibrate", "--vacuum-dE1", "3"], ["--replicas, --calibrate and --vacuum-dE1"])):
         rc, _, err = run(capsys, base + ["--model", first, "--out", x] + extra)
         assert_one_line_error(rc, err, *words)
+    # --out must neither be the model's run directory (its training record would be replaced) nor lie in the model
+    for o, word in ((first, "holds the --model directory"), (first / "model" / "out", "lies in the --model directory")):
+        rc, _, err = run(capsys, base + ["--model", first, "--out", o, "--overwrite"])
+        assert_one_line_error(rc, err, word)
+    assert json.loads((first / "results.json").read_text()) == d0 and not (first / "model" / "out").exists()
     rc, _, err = run(capsys, base + ["--model", tmp_path / "nowhere", "--out", x])
     assert_one_line_error(rc, err, "--model", "no such directory")
     (tmp_path / "empty").mkdir()
@@ -353,6 +360,27 @@ def test_spectra_with_a_saved_model(capsys, tmp_path):
                               "--model", first, "--out", x])
     assert_one_line_error(rc, err, "training axis")
     assert not x.exists()
+
+
+def test_model_with_a_spread_calibration(capsys, tmp_path):
+    """A model trained with --calibrate keeps its calibration when reused; --no-calibrate drops it (the raw spread),
+    and results.json says so."""
+    base = ["spectra", "--vacuum", WS2 / "vacuum_17.txt", WS2 / "vacuum_22.txt", "--sample", WS2 / "sample_14.txt", *ERANGE]
+    rc, _, err = run(capsys, base + ["--replicas", "6", "--epochs", "200", "--calibrate", "--vacuum-dE1", "1.5",
+                                     "--out", tmp_path / "cal", "--quiet"])
+    assert rc == 0, err[-3000:]
+    scale = json.loads((tmp_path / "cal" / "results.json").read_text())["spread_calibration"]["scale"]
+    assert scale != 1.0
+    rc, _, err = run(capsys, base + ["--model", tmp_path / "cal", "--out", tmp_path / "kept", "--quiet"])
+    assert rc == 0, err[-3000:]
+    kept = json.loads((tmp_path / "kept" / "results.json").read_text())
+    assert kept["spread_calibration"]["scale"] == scale
+    rc, _, err = run(capsys, base + ["--model", tmp_path / "cal", "--no-calibrate", "--out", tmp_path / "raw", "--quiet"])
+    assert rc == 0, err[-3000:]
+    raw = json.loads((tmp_path / "raw" / "results.json").read_text())
+    assert raw["spread_calibration"] is None and raw["settings"]["calibrate"]["dropped"].startswith("the given ensemble's spread calibration")
+    w = lambda d: d["samples"][0]["t_over_lambda"]["high"] - d["samples"][0]["t_over_lambda"]["low"]
+    assert w(raw) != w(kept) and (w(kept) < w(raw)) == (scale < 1)          # the calibration narrows (or widens) the raw spread
 
 def test_dE1_one_value_or_one_per_sample(capsys, tmp_path):
     "--dE1/--dE2 take one value for every sample or one per sample (as the no-departure message suggests)."
@@ -622,7 +650,7 @@ def test_image_zspy_goes_through_the_large_pipeline_and_resumes(capsys, tmp_path
     assert dict(cli._summaries(d3)) == dict(cli._summaries(d))
     before = (out3 / "results.json").read_text()                           # a model inside --out: refused, nothing touched
     rc, _, err = run(capsys, ["image", f, "--model", out3, "--out", out3, "--overwrite"])
-    assert_one_line_error(rc, err, "lies in out_dir")
+    assert_one_line_error(rc, err, "holds the --model directory")
     assert (out3 / "results.json").read_text() == before
     # --overwrite with other settings: the new run works in a hidden sibling, says where and how to drop it, then replaces
     rc, _, err = run(capsys, argv + ["--seed", "1", "--overwrite"])
