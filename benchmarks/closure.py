@@ -260,7 +260,7 @@ def analyse_group_pipeline(group:dict, # from `make_group`
     ens = ZLPEnsemble.load(cache) if cache is not None and Path(cache).exists() else None
     size = dict(n_replicas=n_replicas, max_epochs=max_epochs) if ens is None else {}
     run = lambda ensemble=ens, **w: analyse_spectra(group["samples"], group["vacuum"], group["energy"], seed=seed, progress=False,
-                                                    exciton_windows=(), plasmon_window=None, calibrate=calibrate if ensemble is None else False,
+                                                    exciton_windows=(), plasmon_window=None, calibrate=calibrate if ensemble is None else "auto",   # a given ensemble: its stored calibration
                                                     ensemble=ensemble, **w, **({} if ensemble is not None else size), **(ensemble_kw or {}))
     fallback, w = np.zeros(len(group["samples"]), bool), {}
     try: res = run()
