@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from .io import as_arrays, check_energy, check_counts, check_low_loss_step
+from .io import as_arrays, check_energy, check_counts, check_low_loss_step, CautionWarning
 from .preprocess import align_zlp, find_dE1_dE2, zlp_window_counts, noise_level, Window
 from .replicas import training_set_from_spectra
 from .ensemble import ZLPEnsemble
@@ -327,7 +327,7 @@ def exponent_caution(fwhm:float, # the vacuum (or sample) ZLP FWHM (eV)
           "towards a late, steep onset. Quote the band gap, not b; its intervals there held 0.83-1.00 of the direct gaps "
           "(median error 0.05-0.09 eV) but only 0.54-0.75 of the indirect ones (0.17-0.25 eV), whose slow start hides "
           "in the same scatter")
-    if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').")
+    if warn: warnings.warn("exponent: " + xc + " (see 09_analysis, 'The exponent b at low resolution').", CautionWarning)
     return xc
 
 CAUTION_KEYS = ("model_caution", "calibration_caution", "exponent_caution", "band_gap_caution", "t_over_lambda_caution")   # settings entries that are cautions
@@ -769,7 +769,7 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
                    "truth at 0.08 eV with t/lambda 0.01-0.05 the calibrated 68% intervals covered 0.33 of 48 true gaps (the raw ones 0.75)")
     if why:
         settings["calibration_caution"] = f"the calibration narrows the intervals (x {cal.scale:.2f}) " + "; and ".join(why) + "; quote the raw ones (calibrate=False)"
-        warnings.warn("calibrate: " + settings["calibration_caution"] + " (see 09_analysis, 'Calibrated intervals').")
+        warnings.warn("calibrate: " + settings["calibration_caution"] + " (see 09_analysis, 'Calibrated intervals').", CautionWarning)
     # 4. subtraction
     t1 = time.perf_counter()
     sub = _subtract(use, S, e, calibrated=kept)

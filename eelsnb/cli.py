@@ -16,7 +16,7 @@ import eelsnb
 __all__ = ['ONSET_HELP', 'WS2_EXCITONS', 'PLASMON_WINDOW', 'RESULTS_FILE', 'REPORT_FILE', 'build_parser', 'Progress', 'one_line',
            'quiet_loaders', 'load_spectra', 'check_out_dir', 'atomic_dir', 'versions', 'format_summary', 'summary_html',
            'normal_modes', 'write_report', 'load_model', 'resolve_training', 'run_spectra', 'run_image',
-           'run_image_large', 'demo_files', 'run_demo', 'main']
+           'run_image_large', 'demo_files', 'run_demo', 'headline', 'format_warning', 'main']
 
 # %% ../nbs/13_cli.ipynb #221a8e8f
 def _whole(lo:int, what:str):
@@ -716,6 +716,29 @@ def run_demo(args, log:Progress|None=None)->Path:
     return run_spectra(a, log)
 
 # %% ../nbs/13_cli.ipynb #e6b3ad4c
+def headline(text:str, # a caution, 'name: first clause: the rest'
+             limit:int=200, # at most this many characters
+            )->str:
+    "A caution's name and first clause: up to its second ':' or its first ';' outside brackets."
+    depth, colons = 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([": depth += 1
+        elif ch in ")]": depth = max(0, depth - 1)
+        elif depth == 0 and ch in ":;":
+            colons += 1
+            if ch == ";" or colons == 2: text = text[:i]; break
+    return text if len(text) <= limit else text[:text.rfind(" ", 0, limit)] + " ..."
+
+def format_warning(message, category, filename, lineno, line=None)->str:
+    """A printed warning as one line, without the source line Python would echo under it. A caution (`CautionWarning`,
+    a paragraph with its figures) as its first clause: the whole is printed after the results and kept in results.json
+    and report.html, so a terminal shows each once."""
+    from eelsnb.io import CautionWarning
+    text = one_line(message)
+    if isinstance(category, type) and issubclass(category, CautionWarning):
+        return f"eelsnb: caution: {headline(text)} (in full with the results, results.json and report.html)\n"
+    return f"eelsnb: warning: {text}\n"
+
 def main(argv:list|None=None, # arguments without the program name; None: sys.argv[1:]
         )->int: # exit status: 0 ok, 1 unexpected error, 2 bad input or usage, 130 interrupted
     "The `eelsnb` command line."
@@ -727,8 +750,7 @@ def main(argv:list|None=None, # arguments without the program name; None: sys.ar
     log = Progress(args.quiet)
     fmt = warnings.formatwarning
     try:
-        if not args.debug:   # a printed warning is one line, without the source line Python would echo under it (recorded ones are untouched)
-            warnings.formatwarning = lambda m, c, f, l, line=None: f"eelsnb: warning: {one_line(m)}\n"
+        if not args.debug: warnings.formatwarning = format_warning   # printed ones only: recorded warnings are untouched
         args.run(args, log)
     except KeyboardInterrupt:
         print("eelsnb: interrupted; --out was left as it was.", file=sys.stderr)

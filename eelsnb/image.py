@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import check_energy, check_counts, check_low_loss_step
+from .io import check_energy, check_counts, check_low_loss_step, CautionWarning
 from .bandgap import Summary, summarize, fit_band_gap
 from .physics import (t_over_lambda, t_over_lambda_caution, find_peaks, peak_bins, _peak_search, _bin_sums, _check_finite, _stream_seed, _pixel_keys,
                             _bin_noise, WS2_EXCITON_WINDOWS, PLASMON_BIN_WIDTH, PLASMON_SMOOTH, PLASMON_REFINE)
@@ -312,7 +312,7 @@ def band_gap_map_caution(fwhm:float|None=None, # the SI's ZLP FWHM (eV), e.g. `k
          "up to 0.7 eV; their spread buries an onset near the ZLP, so from 0.3 eV a direct 1.2 eV gap is found up to "
          "0.65 eV late; and a slow indirect onset under the excitons is found 0.5-0.7 eV late at every resolution. Compare "
          "regions on the map; to quote a gap, analyse spectra with vacuum references (eelsnb spectra)")
-    if warn: warnings.warn("band_gap: " + c + " (see 10_image, 'How far the band-gap map's intervals hold').")
+    if warn: warnings.warn("band_gap: " + c + " (see 10_image, 'How far the band-gap map's intervals hold').", CautionWarning)
     return c
 
 def exponent_settings(fwhm:float|None, # the SI's ZLP FWHM (eV), e.g. `kernels_fwhm`
@@ -344,7 +344,7 @@ def _versions()->dict:
 def _warn_vacuum(res)->object:
     "Warn the vacuum cautions of freshly computed maps (as the exponent caution is warned when it is decided); returns `res`."
     for c in res.cautions:
-        if c.startswith("vacuum: "): warnings.warn(c, stacklevel=3)
+        if c.startswith("vacuum: "): warnings.warn(c, CautionWarning, stacklevel=3)
     return res
 
 @dataclass

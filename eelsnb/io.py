@@ -22,8 +22,8 @@ except ImportError:  # pragma: no cover - exspy is a requirement, but keep io us
 
 # %% auto #0
 __all__ = ['LOW_LOSS_MAX_STEP', 'TEXT_SUFFIXES', 'energy_axis', 'check_energy', 'check_low_loss_step', 'check_counts',
-           'to_signal', 'signal_energy', 'as_arrays', 'MissingEnergyAxis', 'load_text', 'load', 'save', 'data_dir',
-           'manifest', 'WS2Data', 'load_ws2']
+           'to_signal', 'signal_energy', 'as_arrays', 'MissingEnergyAxis', 'CautionWarning', 'load_text', 'load',
+           'save', 'data_dir', 'manifest', 'WS2Data', 'load_ws2']
 
 # %% ../nbs/00_io.ipynb #40848ae1
 def energy_axis(e_min:float, # low edge of the first channel (eV)
@@ -174,6 +174,11 @@ TEXT_SUFFIXES = (".txt", ".csv", ".dat", ".tsv")
 
 class MissingEnergyAxis(ValueError):
     "A plain-text file of counts without an energy column, read without an energy range."
+
+class CautionWarning(UserWarning):
+    """A caution on how far a result may be trusted (an exponent not measured at this resolution, intervals that
+    under-cover, a t/lambda that is a lower bound, ...). Its full text is also written to the results (`cautions`);
+    the `eelsnb` command prints its first clause when it is raised and the whole after the results."""
 
 def load_text(path, # plain-text file: one row of counts per spectrum, one count per line, or (energy eV, counts) per line
               energy_range:tuple|None=None, # (e_min, e_max) in eV: low edge of the first and high edge of the last channel; needed unless the file has an energy column

@@ -13,7 +13,7 @@ from scipy import constants
 from scipy.fft import rfft, irfft, rfftfreq, next_fast_len
 from scipy.ndimage import gaussian_filter1d
 
-from .io import check_energy, check_counts
+from .io import check_energy, check_counts, CautionWarning
 from .bandgap import summarize, Summary, _splitmix, _seed_int, _pixel_keys
 
 # %% auto #0
@@ -102,7 +102,7 @@ def t_over_lambda_caution(energy_end:float, # where the energy axis ends (eV)
           "scattering beyond it is not counted, so t/lambda is a lower bound. On WS2-like synthetic spectra (bulk "
           "plasmon near 22 eV, t/lambda 0.05-1) the log-ratio up to 9, 20, 30 and 45 eV was 9%, 36-42%, 64-81% and "
           "81-93% of the whole; for thicknesses record the low-loss spectrum to 60 eV or more (90-97%)")
-    if warn: warnings.warn("t/lambda: " + tc + ".")
+    if warn: warnings.warn("t/lambda: " + tc + ".", CautionWarning)
     return tc
 
 # %% ../nbs/08_physics.ipynb #8cfb2c4a

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .io import as_arrays, check_counts, check_energy, signal_energy
+from .io import as_arrays, check_counts, check_energy, signal_energy, CautionWarning
 from .preprocess import spectrum_conditions
 from .bandgap import Summary, summarize, _median0, _nan_percentiles, _check_spread_scale
 
@@ -140,7 +140,7 @@ def model_range_caution(ensemble, # a trained ZLPEnsemble
     c = (f"{int(out.sum())} of {out.size} {what} lie outside the conditions the model was trained on, by up to {far:.2g} "
          f"training ranges ({'; '.join(parts)}): their ZLP is the networks' extrapolation, where neither its median nor its "
          "band was checked against data; analyse them with an ensemble trained on them (without --model / ensemble=)")
-    if warn: warnings.warn("model: " + c + ".")
+    if warn: warnings.warn("model: " + c + ".", CautionWarning)
     return c
 
 def _core_ratio(zlp_median, # (m, n_E) median predicted ZLP
