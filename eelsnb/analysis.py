@@ -735,10 +735,6 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
         sec["train"] = time.perf_counter() - t1
     else: settings["sigma"] = "(given ensemble)"
     use = ensemble.drop_outliers() if np.any(ensemble.outliers) else ensemble
-    if "train" not in sec:   # a given ensemble: were spectra like these in its training?
-        from eelsnb.subtract import model_conditions, model_range_caution
-        mc = model_range_caution(use, model_conditions(use, S, e), "spectra", warn=True)
-        if mc: settings["model_caution"] = mc
     weak = []
     if calibrate and "train" in sec:   # a weak onset (a very thin sample): calibrated intervals under-cover there
         of = onset_fraction(S, np.median(use.predict_for(S, e), 0), e, d1)
@@ -773,6 +769,10 @@ def analyse_spectra(samples, # sample spectra: array (n, n_E) or (n_E,), hypersp
     # 4. subtraction
     t1 = time.perf_counter()
     sub = _subtract(use, S, e, calibrated=kept)
+    if ensemble_given:   # were spectra like these in its training? (the conditions the subtraction computed)
+        from eelsnb.subtract import model_range_caution
+        mc = model_range_caution(use, sub.conditions, "spectra", warn=True)
+        if mc: settings["model_caution"] = mc
     sec["subtract"] = time.perf_counter() - t1
     # 5. band gap per replica with the ZLP replicas as resolution
     t1 = time.perf_counter()

@@ -327,15 +327,10 @@ def check_out_dir(out, # the --out directory
                   overwrite:bool=False, # allow replacing earlier eelsnb results
                  )->Path:
     "Refuse an `--out` that would lose data: a file, a non-empty directory (without overwrite), or foreign files."
+    from eelsnb.store import check_target
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"--out {out}: exists and is not empty; pass --overwrite to replace earlier results, "
-                             "or choose another directory.")
-        from eelsnb.store import check_replaceable
-        try: check_replaceable(out, RESULTS_FILE, option="--overwrite")   # eelsnb's results only, never a user's files beside them
-        except ValueError as err: raise ValueError(f"--out {err}") from None
+    try: check_target(out, overwrite, RESULTS_FILE, option="--overwrite")   # eelsnb's results only, never a user's files beside them
+    except ValueError as err: raise ValueError(f"--out {err}") from None
     parent = out.absolute().parent
     while not parent.exists(): parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK): raise ValueError(f"--out {out}: {parent} is not writable.")
@@ -439,28 +434,19 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3}code{font-size:90%}.meta td:first-child{color:#555}h1{margin-bottom:.2em}"""
 
-def _umask()->int:
-    m = os.umask(0); os.umask(m)
-    return m
-
 def normal_modes(root, # a file or a directory tree written by eelsnb
                 )->None:
     "Give files and directories the modes of ordinary ones (0644 / 0755 less the umask): `mkstemp`/`mkdtemp` make them private (0600 / 0700)."
+    from eelsnb.store import _umask
     root, um = Path(root), _umask()
     for p in [root, *(root.rglob("*") if root.is_dir() else [])]:
         if p.is_symlink(): continue
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~um)
 
 def _write_text_atomic(path:Path, text:str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())     # an ordinary file, not mkstemp's private 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        raise
+    "`text` into `path` (UTF-8) through `eelsnb.store.atomic_write_bytes`: a temporary file, fsync, rename; an ordinary file's mode."
+    from eelsnb.store import atomic_write_bytes
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 def write_report(results, # an object with .to_dict() and .figures() (SpectraResults, ImageResults)
                  path, # the HTML file to write
@@ -564,8 +550,9 @@ def resolve_training(args, log=None, extra:list=())->tuple:
         raise ValueError(f"{_and(given)}: with --model the ensemble is already trained (its replicas, epochs and spread "
                          f"calibration are the model's). Drop {_and(given)}, or train anew without --model.")
     ens, d = load_model(args.model)
-    o, m = Path(args.out).resolve(), d.resolve()
-    if o == m or o in m.parents or m in o.parents:
+    from eelsnb.store import overlapping
+    if overlapping(args.out, d):
+        o, m = Path(args.out).resolve(), d.resolve()
         raise ValueError(f"--out {args.out}: it {'is' if o == m else 'holds' if o in m.parents else 'lies in'} the --model "
                          f"directory {d}, which a run would replace or write into; choose another --out.")
     args.replicas, args.epochs = ens.n_replicas, ens.settings.get("max_epochs")

@@ -12,9 +12,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import check_energy, check_low_loss_step
-from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, check_replaceable
+from .store import atomic_write_bytes, atomic_write_json, atomic_dir, RunLock, RunLockedError, fingerprint, ChunkStore, foreign_entries, check_replaceable, overlapping
 from .quality import FLAGS, MASKING, spectrum_faults, find_dead_hot, find_bad_channels, _interpolate_channels, find_spikes
-from .bandgap import Summary, summarize
+from .bandgap import Summary, summarize, _median0
 from .physics import WS2_EXCITON_WINDOWS
 from . import __version__
 from .image import (analyse_chunk, analysed_layout, check_vacuum_below, t_over_lambda_sums, torch_threads, ImageResults,
@@ -589,8 +589,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
     sp = src.source.get("path") if isinstance(src.source, dict) else None
     if sp is not None and (Path(sp) == out.resolve() or out.resolve() in Path(sp).parents):   # a run may clear its directory
         raise ValueError(f"out_dir: {out} contains the input {sp}; choose an output directory outside it.")
-    if model_dir is not None and (model_dir.resolve() == out.resolve() or out.resolve() in model_dir.resolve().parents
-                                  or model_dir.resolve() in out.resolve().parents):
+    if model_dir is not None and overlapping(model_dir, out):
         raise ValueError(f"model: {model_dir} and out_dir {out} overlap (one is or holds the other), and this run writes "
                          "out_dir and may clear it; copy the model elsewhere, or choose another output directory.")
     if not (out / RUN_FILE).is_file() and foreign_entries(out):   # before the lock file is made: a user's directory is left as it was
@@ -710,7 +709,7 @@ def analyse_large(si, # path of a .zspy/.hspy file, a (lazy) hyperspy signal, a 
             from eelsnb.subtract import check_zlp_scale
             ku = np.flatnonzero(usable.reshape(-1))
             ku = ku[np.unique(np.linspace(0, len(ku) - 1, min(64, len(ku))).astype(int))]
-            check_zlp_scale(np.median(grid.zlp({n: d[n].reshape(-1)[ku] for n in ens.condition_names}), 0), src.pixels(ku), 1.5, "si")
+            check_zlp_scale(_median0(grid.zlp({n: d[n].reshape(-1)[ku] for n in ens.condition_names})), src.pixels(ku), 1.5, "si")
             # the resolution of the exponent map: the kernels of the usable pixels' nodes (none for t/lambda alone)
             xs = dict({} if analysis == "thickness" else exponent_settings(kernels_fwhm(grid, cond), exponent), **axis_settings(e))
             if model_dir is not None:   # a given model: were pixels like these in its training?

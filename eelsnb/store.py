@@ -10,7 +10,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['OUTPUT_ENTRIES', 'atomic_write_bytes', 'atomic_write_json', 'foreign_entries', 'check_replaceable', 'check_target',
-           'atomic_dir', 'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
+           'overlapping', 'atomic_dir', 'RunLockedError', 'RunLock', 'fingerprint', 'ChunkStore']
 
 # %% ../nbs/00a_store.ipynb #6b20bc14
 def _fsync_dir(path:Path):
@@ -111,6 +111,11 @@ def check_target(path, # a directory about to be written or replaced
             raise ValueError(f"{path}: exists and is not empty; pass {option} to replace {what}, or choose another directory.")
         if marker is not None: check_replaceable(path, marker, allowed, what, option)
     return path
+
+def overlapping(a, b)->bool:
+    "Whether the paths `a` and `b` name one directory or one holds the other (symlinks and '..' resolved)."
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
 
 def _replace_dir(tmp:Path, path:Path):
     "Put the finished directory `tmp` at `path` by renames; an existing `path` moves aside first and comes back if the rename fails."
